@@ -1,0 +1,123 @@
+"""pmg_nightly: last night's clickstream in, personalized creatives and their scores out.
+
+    extract -> validate -> histories -+-> keywords ----------+-> plan -> generate (one task per shard) -> publish
+                                      +-> preference_tokens -+
+
+Wiring only: every stage is a plain function in pmg_tasks, and heavy libraries load inside task bodies.
+A run triggered on day D processes day D - 1, the last complete one; `params.ds` reprocesses any date.
+Stages exchange files in the object store; XCom carries only dates, counts and keys.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Asset, Param, dag, task
+
+from pmg_tasks.settings import Settings
+
+SETTINGS = Settings()
+CREATIVE_MANIFESTS = Asset(name="pmg_creative_manifests")
+
+
+def _fail_without_retry(error: Exception):
+    """Bad data and bad campaign files do not fix themselves: fail now instead of retrying."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(str(error))
+
+
+@dag(
+    dag_id="pmg_nightly",
+    schedule="0 2 * * *",
+    start_date=dt.datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["pmg", "nightly", "creatives"],
+    doc_md=__doc__,
+    params={"ds": Param(None, type=["null", "string"], description="YYYY-MM-DD to process instead of D-1")},
+    default_args={
+        "owner": "data-engineering",
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+        "execution_timeout": dt.timedelta(hours=2),
+    },
+)
+def pmg_nightly():
+    @task
+    def run_date(**context) -> str:
+        """The date this run processes: params.ds, else the day before the run's logical date."""
+        if context["params"].get("ds"):
+            return dt.date.fromisoformat(context["params"]["ds"]).isoformat()
+        dag_run = context["dag_run"]
+        # Asset-triggered and manual runs may have no logical date; run_after always exists.
+        moment = dag_run.logical_date or dag_run.run_after
+        return (moment.date() - dt.timedelta(days=1)).isoformat()
+
+    @task
+    def extract(day: str) -> dict:
+        from pmg_tasks.extract import extract_clickstream
+
+        return extract_clickstream(Settings(), day)
+
+    @task
+    def validate(day: str) -> dict:
+        from pmg_tasks.validation.stage import BadDataError, validate_events
+
+        try:
+            return validate_events(Settings(), day)
+        except BadDataError as error:
+            raise _fail_without_retry(error) from error
+
+    @task
+    def histories(day: str) -> dict:
+        from pmg_tasks.histories import build_histories
+
+        return build_histories(Settings(), day)
+
+    @task(pool=SETTINGS.pools.llm)
+    def keywords(day: str) -> dict:
+        from pmg_tasks.keywords.stage import extract_keywords
+
+        return extract_keywords(Settings(), day)
+
+    @task
+    def preference_tokens(day: str) -> dict:
+        from pmg_tasks.preferences.stage import update_preference_tokens
+
+        return update_preference_tokens(Settings(), day)
+
+    @task
+    def plan(day: str) -> list[int]:
+        from pmg_tasks.campaigns import CampaignError
+        from pmg_tasks.plan import plan_generation
+
+        try:
+            return plan_generation(Settings(), day)
+        except CampaignError as error:
+            raise _fail_without_retry(error) from error
+
+    @task(pool=SETTINGS.pools.gpu, max_active_tis_per_dag=SETTINGS.pools.gpu_slots)
+    def generate(day: str, shard_index: int) -> dict:
+        from pmg_tasks.generate.shard import generate_shard
+
+        return generate_shard(Settings(), day, shard_index)
+
+    @task(outlets=[CREATIVE_MANIFESTS])
+    def publish(day: str) -> dict:
+        from pmg_tasks.publish import publish_run
+
+        return publish_run(Settings(), day)
+
+    day = run_date()
+    extracted, validated, built = extract(day), validate(day), histories(day)
+    user_keywords, tokens, shards = keywords(day), preference_tokens(day), plan(day)
+    generated = generate.partial(day=day).expand(shard_index=shards)
+    published = publish(day)
+
+    extracted >> validated >> built >> [user_keywords, tokens] >> shards
+    generated >> published
+
+
+pmg_nightly()

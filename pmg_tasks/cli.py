@@ -1,0 +1,128 @@
+"""The `pmg` command.
+
+    pmg demo run                        seed, build test-size models, run the nightly DAG, print outputs
+    pmg demo seed                       seed the embedded warehouse and a campaigns file
+    pmg models build-test-size --out D  tiny random models for every role, saved with save_pretrained
+    pmg settings                        the effective settings, as PMG_* variables
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from pathlib import Path
+
+from pmg_tasks.settings import Settings
+
+
+def _yesterday() -> str:
+    return (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()
+
+
+def seed_demo(settings: Settings, ds: str, users: int, items: int, days: int, overwrite_campaigns: bool) -> dict:
+    """Seed the warehouse with a synthetic shop whose last day is `ds`; write campaigns if absent."""
+    from pmg_tasks.demo.seed import demo_campaigns_yaml, make_shop, seed_warehouse
+    from pmg_tasks.warehouse import connect
+
+    last_day = dt.date.fromisoformat(ds)
+    shop = make_shop(users, items, last_day, days, seed=settings.seed)
+    with connect(settings) as warehouse:
+        counts = seed_warehouse(warehouse, shop)
+    campaigns = Path(settings.campaigns_file)
+    if overwrite_campaigns or not campaigns.exists():
+        campaigns.parent.mkdir(parents=True, exist_ok=True)
+        campaigns.write_text(demo_campaigns_yaml(shop, last_day))
+    return {**counts, "campaigns_file": str(campaigns)}
+
+
+def with_test_size_models(settings: Settings) -> Settings:
+    """Settings whose empty model paths point at test-size models in the pmg home (built once)."""
+    if settings.models.diffusion and settings.models.clip and settings.models.llm:
+        return settings
+    from pmg_tasks.models.test_size import build_test_size_models
+
+    out = settings.home / "models" / "test-size"
+    built = build_test_size_models(out) if not (out / "diffusion" / "model_index.json").exists() else None
+    paths = built or type(settings.models)(
+        diffusion=str(out / "diffusion"), clip=str(out / "clip"), llm=str(out / "llm")
+    )
+    chosen = settings.models.model_copy(
+        update={role: getattr(paths, role) for role in ("diffusion", "clip", "llm") if not getattr(settings.models, role)}
+    )
+    return settings.model_copy(update={"models": chosen})
+
+
+def demo_run(args: argparse.Namespace) -> int:
+    from pmg_tasks.demo.run import run_nightly_dag
+    from pmg_tasks.layout import creatives_prefix, report_key, run_key, success_key
+    from pmg_tasks.store import open_store, read_json
+
+    settings = with_test_size_models(Settings())
+    print(f"pmg home: {settings.home}")
+    seeded = seed_demo(settings, args.ds, args.users, args.items, args.days, overwrite_campaigns=False)
+    print(f"seeded {seeded['events']} events, {seeded['items']} items, {seeded['users']} users; "
+          f"campaigns: {seeded['campaigns_file']}")
+    print(f"running the {args.ds} nightly DAG through Airflow (a minute or two)...")
+    log_file = run_nightly_dag(settings, args.ds)
+
+    store = open_store(settings)
+    if not store.exists(success_key(args.ds)):
+        print(f"the DAG finished but {success_key(args.ds)} is missing; see {log_file}", file=sys.stderr)
+        return 1
+    success = read_json(store, success_key(args.ds))
+    validation = read_json(store, run_key(args.ds, "validation.json"))
+    print(f"\nDone: {success['rows']} creatives; {validation['valid']} valid and {validation['quarantined']} "
+          f"quarantined events of {validation['extracted']}.")
+    print(f"  creatives: {store.url(creatives_prefix(args.ds))}")
+    for campaign, key in sorted(success["manifests"].items()):
+        print(f"  manifest ({campaign}): {store.url(key)}")
+    print(f"  report:    {store.url(report_key(args.ds))}")
+    print(f"  airflow log: {log_file}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pmg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="the embedded demo").add_subparsers(dest="demo_command", required=True)
+    for name, helptext in (("run", "seed, then run the nightly DAG end to end"), ("seed", "seed only")):
+        sub = demo.add_parser(name, help=helptext)
+        sub.add_argument("--ds", default=_yesterday(), help="the date to process (default: yesterday, UTC)")
+        sub.add_argument("--users", type=int, default=60)
+        sub.add_argument("--items", type=int, default=40)
+        sub.add_argument("--days", type=int, default=7, help="days of events ending at --ds")
+        if name == "seed":
+            sub.add_argument("--overwrite-campaigns", action="store_true")
+
+    models = commands.add_parser("models", help="model utilities").add_subparsers(dest="models_command", required=True)
+    build = models.add_parser("build-test-size", help="tiny random models for every role, built locally")
+    build.add_argument("--out", type=Path, required=True)
+
+    commands.add_parser("settings", help="print the effective settings as PMG_* variables")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    if args.command == "demo" and args.demo_command == "run":
+        return demo_run(args)
+    if args.command == "demo":
+        seeded = seed_demo(Settings(), args.ds, args.users, args.items, args.days, args.overwrite_campaigns)
+        print(seeded)
+        return 0
+    if args.command == "models":
+        from pmg_tasks.models.test_size import build_test_size_models
+
+        paths = build_test_size_models(args.out)
+        for role, path in paths.model_dump().items():
+            print(f"PMG_MODELS__{role.upper()}={path}")
+        return 0
+    for name, value in sorted(Settings().to_env().items()):
+        print(f"{name}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""A synthetic clickstream: an item catalog, users with latent tastes, and sessions of events.
+
+The shape follows real shops: most sessions only view, some click, fewer add to cart, fewer buy; users come
+back on some days and not others; dwell time is long-tailed. A small, known share of rows is broken the
+way real feeds break (unknown items, negative dwell, duplicate ids) so validation has something to stop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+GENRES = ["Action", "Comedy", "Drama", "Sci-Fi", "Horror", "Romance", "Animation", "Documentary"]
+ERAS = ["1970s", "1980s", "1990s", "2000s", "2010s", "2020s"]
+MOODS = ["dark", "uplifting", "tense", "whimsical", "melancholic", "energetic"]
+STYLES = ["noir", "neon", "pastel", "gritty", "minimalist", "retro", "epic"]
+COUNTRIES = ["USA", "France", "Japan", "India", "Korea", "UK", "Brazil"]
+TITLE_ADJECTIVES = ["Silent", "Crimson", "Last", "Hidden", "Electric", "Golden", "Broken", "Midnight",
+                    "Wild", "Frozen", "Burning", "Lost", "Distant", "Velvet", "Iron", "Paper"]
+TITLE_NOUNS = ["Harbor", "Empire", "Garden", "Signal", "Voyage", "Frontier", "Machine", "Orchard",
+               "Kingdom", "Mirror", "Station", "Letter", "Storm", "River", "Circus", "Horizon"]
+
+EVENT_FUNNEL = [("view", 1.0), ("click", 0.45), ("add_to_cart", 0.35), ("purchase", 0.5)]
+
+
+@dataclass(frozen=True)
+class SyntheticShop:
+    items: pd.DataFrame
+    users: pd.DataFrame
+    events: pd.DataFrame
+
+
+def make_catalog(n_items: int, rng: np.random.Generator) -> pd.DataFrame:
+    main_genre = rng.integers(0, len(GENRES), n_items)
+    second_genre = rng.integers(0, len(GENRES), n_items)
+    rows = []
+    for i in range(n_items):
+        genres = [GENRES[main_genre[i]]]
+        if second_genre[i] != main_genre[i] and rng.random() < 0.5:
+            genres.append(GENRES[second_genre[i]])
+        title = f"The {TITLE_ADJECTIVES[rng.integers(16)]} {TITLE_NOUNS[rng.integers(16)]}"
+        attributes = {
+            "era": ERAS[rng.integers(len(ERAS))],
+            "mood": MOODS[(main_genre[i] + rng.integers(0, 2)) % len(MOODS)],
+            "style": STYLES[(main_genre[i] * 2 + rng.integers(0, 2)) % len(STYLES)],
+            "country": COUNTRIES[rng.integers(len(COUNTRIES))],
+        }
+        rows.append(
+            {
+                "item_id": f"m{i:05d}",
+                "title": title,
+                "categories": "|".join(genres),
+                "description": f"A {attributes['mood']} {genres[0].lower()} story from the {attributes['era']}, "
+                f"shot in a {attributes['style']} style in {attributes['country']}.",
+                "attributes": json.dumps(attributes, sort_keys=True),
+                "image_uri": None,
+                "updated_at": pd.Timestamp("2026-01-01"),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def make_events(
+    items: pd.DataFrame, n_users: int, first_day: dt.date, days: int, rng: np.random.Generator,
+    sessions_per_user_day: float = 0.6, bad_fraction: float = 0.002,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Events for `days` days from `first_day`, vectorised so ten million rows take seconds."""
+    n_items = len(items)
+    item_genre = np.array([GENRES.index(c.split("|")[0]) for c in items["categories"]])
+    # Latent taste: each user leans towards two or three genres.
+    tastes = rng.dirichlet(np.full(len(GENRES), 0.3), n_users)
+    genre_items = [np.flatnonzero(item_genre == g) for g in range(len(GENRES))]
+
+    sessions_per_day = rng.poisson(sessions_per_user_day, (days, n_users))
+    session_day, session_user = np.nonzero(sessions_per_day)
+    repeat = sessions_per_day[session_day, session_user]
+    session_day = np.repeat(session_day, repeat)
+    session_user = np.repeat(session_user, repeat)
+    n_sessions = len(session_user)
+
+    views_per_session = 1 + rng.poisson(3, n_sessions)
+    event_session = np.repeat(np.arange(n_sessions), views_per_session)
+    event_user = session_user[event_session]
+    # Pick a genre from the user's taste, then an item of that genre (inverse CDF, vectorised).
+    cdf = np.cumsum(tastes[event_user], axis=1)
+    genre = (rng.random(len(event_user))[:, None] > cdf).sum(axis=1).clip(0, len(GENRES) - 1)
+    item = np.empty(len(event_user), dtype=np.int64)
+    for g in range(len(GENRES)):
+        at = genre == g
+        pool = genre_items[g] if len(genre_items[g]) else np.arange(n_items)
+        item[at] = pool[rng.integers(0, len(pool), at.sum())]
+
+    session_start = rng.uniform(0, 86_400 - 3_600, n_sessions)
+    offset_in_session = rng.uniform(0, 1_800, len(event_session))
+    base_ts = np.datetime64(first_day.isoformat(), "us")
+    view_ts = (
+        base_ts
+        + (session_day[event_session] * 86_400 * 1_000_000).astype("timedelta64[us]")
+        + ((session_start[event_session] + offset_in_session) * 1_000_000).astype("timedelta64[us]")
+    )
+
+    # The funnel: every view may lead on, a little later, to the next step.
+    types, users, item_ids, sessions, stamps = [], [], [], [], []
+    alive = np.ones(len(event_user), dtype=bool)
+    ts = view_ts
+    for step, (event_type, p_continue) in enumerate(EVENT_FUNNEL):
+        if step:
+            alive &= rng.random(len(alive)) < p_continue
+            ts = ts + (rng.uniform(5, 120, len(ts)) * 1_000_000).astype("timedelta64[us]")
+        types.append(np.full(alive.sum(), event_type, dtype=object))
+        users.append(event_user[alive])
+        item_ids.append(item[alive])
+        sessions.append(event_session[alive])
+        stamps.append(ts[alive])
+
+    user_idx = np.concatenate(users)
+    n = len(user_idx)
+    events = pd.DataFrame(
+        {
+            "user_id": _ids("u", user_idx, 6),
+            "item_id": items["item_id"].to_numpy()[np.concatenate(item_ids)],
+            "session_id": np.char.add("s", np.concatenate(sessions).astype(str)),
+            "event_type": np.concatenate(types),
+            "event_ts": np.concatenate(stamps),
+            "dwell_seconds": np.round(rng.lognormal(3.0, 1.0, n), 2),
+        }
+    ).sort_values(["event_ts", "session_id"], kind="stable", ignore_index=True)
+    events.insert(0, "event_id", _ids(f"e{first_day:%Y%m%d}-", np.arange(n), 9))
+    _break_a_few(events, items, bad_fraction, rng)
+
+    users_frame = pd.DataFrame(
+        {
+            "user_id": _ids("u", np.arange(n_users), 6),
+            "created_at": pd.Timestamp(first_day) - pd.Timedelta(days=30),
+            "country": np.array(COUNTRIES)[rng.integers(0, len(COUNTRIES), n_users)],
+        }
+    )
+    return events, users_frame
+
+
+def _ids(prefix: str, numbers: np.ndarray, width: int) -> np.ndarray:
+    return np.char.add(prefix, np.char.zfill(numbers.astype(str), width)).astype(object)
+
+
+def _break_a_few(events: pd.DataFrame, items: pd.DataFrame, fraction: float, rng: np.random.Generator) -> None:
+    """Real feeds carry some junk; keep it well under the 1% that stops a run."""
+    n_bad = int(len(events) * fraction)
+    if n_bad == 0:
+        return
+    rows = rng.choice(len(events), n_bad, replace=False)
+    kinds = rows % 3
+    events.loc[rows[kinds == 0], "item_id"] = "m-deleted"
+    events.loc[rows[kinds == 1], "dwell_seconds"] = -1.0
+    duplicate_of = rows[kinds == 2]
+    events.loc[duplicate_of, "event_id"] = events.loc[(duplicate_of + 1) % len(events), "event_id"].to_numpy()
+
+
+def make_shop(n_users: int, n_items: int, last_day: dt.date, days: int, seed: int = 0,
+              bad_fraction: float = 0.002) -> SyntheticShop:
+    rng = np.random.default_rng(seed)
+    items = make_catalog(n_items, rng)
+    first_day = last_day - dt.timedelta(days=days - 1)
+    events, users = make_events(items, n_users, first_day, days, rng, bad_fraction=bad_fraction)
+    return SyntheticShop(items=items, users=users, events=events)
+
+
+def demo_campaigns_yaml(shop: SyntheticShop, last_day: dt.date) -> str:
+    """Two campaigns over the most viewed items, active around the seeded days."""
+    popular = shop.events["item_id"].value_counts().index
+    popular = [i for i in popular if i in set(shop.items["item_id"])]
+    start, end = last_day - dt.timedelta(days=30), last_day + dt.timedelta(days=30)
+    return f"""\
+# Campaigns marketing ops schedule. Fields: see pmg_tasks/campaigns.py.
+campaigns:
+  - campaign_id: winter-classics
+    name: Winter classics
+    start_date: {start}
+    end_date: {end}
+    target_items: [{popular[0]}, {popular[1]}]
+    audience: {{max_users: 12}}
+    variants: 1
+    alpha: 0.6
+    style: cinematic poster
+    denylist: [gore, violence]
+  - campaign_id: sci-fi-weekend
+    name: Sci-fi weekend
+    start_date: {start}
+    end_date: {end}
+    target_items: [{popular[2]}]
+    audience: {{categories: [Sci-Fi, Action], max_users: 8}}
+    variants: 2
+    candidates: 3
+    alpha: 0.4
+    style: neon, retro-futurist
+"""
+
+
+def seed_warehouse(warehouse, shop: SyntheticShop) -> dict[str, int]:
+    """Write the shop through the DDL in sql/; replaces what was there, so seeding is repeatable."""
+    warehouse.apply_ddl()
+    counts = {}
+    for table, frame in (("items", shop.items), ("users", shop.users), ("events", shop.events)):
+        warehouse.execute(f"DELETE FROM {table}")
+        counts[table] = warehouse.insert_frame(table, frame)
+    return counts

@@ -1,0 +1,102 @@
+"""The one typed settings object of pmg.
+
+Every knob is read here, once, from `PMG_*` environment variables (nested fields with a double underscore,
+e.g. `PMG_MODELS__DIFFUSION=/models/sd`). Nothing deeper in the code reads the environment: stages take a
+`Settings` argument, so a test builds one explicitly and a task builds one with `Settings()`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# More backends (transformers, openai, vllm) arrive with the keyword issue.
+KeywordBackend = Literal["catalog"]
+
+
+class ModelPaths(BaseModel):
+    """Where each model role loads from: a local directory written by `save_pretrained` (or a hub id
+    on machines that have a hub). `pmg models build-test-size --out DIR` writes all three."""
+
+    diffusion: str = ""
+    clip: str = ""
+    llm: str = ""
+
+
+class Pools(BaseModel):
+    """Airflow pools that cap concurrency of the expensive stages."""
+
+    gpu: str = "pmg_gpu"
+    gpu_slots: int = 1
+    llm: str = "pmg_llm"
+    llm_slots: int = 1
+
+
+class Generation(BaseModel):
+    """How creatives are generated and chosen (PMG section 3.4)."""
+
+    candidates_per_request: int = Field(2, ge=1, description="k images generated per request")
+    batch_size: int = Field(4, ge=1, description="images per diffusion forward pass")
+    inference_steps: int = Field(2, ge=1)
+    guidance_scale: float = 5.0
+    image_size: int = Field(64, ge=8, description="height and width in pixels")
+    requests_per_shard: int = Field(16, ge=1, description="unique generation requests per GPU task")
+    max_shards: int = Field(256, ge=1, description="keeps the map far below Airflow's max_map_length")
+    default_alpha: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PMG_", env_nested_delimiter="__", extra="ignore")
+
+    home: Path = Field(Path(".pmg"), description="where embedded defaults live on a laptop")
+    warehouse_url: str = Field("", description="duckdb:///path.duckdb or a SQLAlchemy URL; default: DuckDB in home")
+    warehouse_conn_id: str = Field("", description="an Airflow connection id; wins over warehouse_url in tasks")
+    store_root: str = Field("", description="local folder or s3://bucket/prefix; default: home/store")
+    s3_endpoint_url: str = Field("", description="S3 API endpoint; empty means AWS itself")
+    campaigns_file: str = Field("", description="YAML of campaigns; default: home/campaigns.yaml")
+
+    models: ModelPaths = ModelPaths()
+    pools: Pools = Pools()
+    generation: Generation = Generation()
+
+    lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")
+    history_length: int = Field(5, ge=1, description="engaged items per user history (PMG uses 5)")
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0, description="validation stops the run above this")
+    keyword_backend: KeywordBackend = "catalog"
+    keywords_per_user: int = Field(8, ge=1)
+    token_levels: int = Field(2, ge=1, description="residual quantization levels")
+    token_codes: int = Field(8, ge=2, description="codes per level")
+    gnn_dim: int = Field(32, ge=4)
+    gnn_layers: int = Field(2, ge=1)
+    gnn_epochs: int = Field(30, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fill_defaults_from_home(self) -> Settings:
+        home = self.home.expanduser().resolve()
+        self.home = home
+        if not self.warehouse_url and not self.warehouse_conn_id:
+            self.warehouse_url = f"duckdb:///{home / 'warehouse.duckdb'}"
+        if not self.store_root:
+            self.store_root = str(home / "store")
+        if not self.campaigns_file:
+            self.campaigns_file = str(home / "campaigns.yaml")
+        return self
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as PMG_* variables, so a child process (an Airflow task) sees the same ones."""
+        env: dict[str, str] = {}
+
+        def flatten(prefix: str, values: dict) -> None:
+            for name, value in values.items():
+                if isinstance(value, dict):
+                    flatten(f"{prefix}{name.upper()}__", value)
+                else:
+                    env[f"{prefix}{name.upper()}"] = str(value)
+
+        flatten("PMG_", self.model_dump(mode="json"))
+        return env
+

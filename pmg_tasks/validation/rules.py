@@ -1,0 +1,162 @@
+"""The row rules of event validation: each a name, a reason and a vectorised check.
+
+A check is a DuckDB SQL boolean expression over one event row that is TRUE when the row BREAKS the rule
+(NULL counts as not broken). Besides the event columns, a check may use the columns the stage adds:
+
+    _window_start, _window_end  the run's extraction window [start, end), naive UTC
+    _now                        the cut-off for timestamps in the future, naive UTC
+    _in_catalog                 whether item_id is in the run's item catalog
+    _occurrence                 1 for the first row with this event_id by (event_ts, file order), 2, 3... after
+
+Rules are evaluated in the order of `RULES`; a row is quarantined under the FIRST rule it breaks, so the
+order goes from "the row is unusable" (missing keys) to "the row is fine on its own but clashes with
+others" (duplicates). `detail`, when given, is a SQL expression for the row's own reason sentence (with
+the offending value); otherwise the quarantine `reason` column holds `reason`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
+KEY_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "event_ts")
+ID_COLUMNS = ("event_id", "user_id", "item_id", "session_id")
+MAX_ID_LENGTH = 128
+MAX_DWELL_SECONDS = 86_400.0
+# Control characters: C0 (NUL, tab, newline, ...), DEL and C1. RE2 (DuckDB) and Python `re` spellings.
+CONTROL_CHARS_RE2 = r"\p{Cc}"
+CONTROL_CHARS_PY = r"[\x00-\x1f\x7f-\x9f]"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    reason: str
+    check: str
+    detail: str | None = None
+
+    def reason_sql(self) -> str:
+        """SQL for the quarantine `reason` of a row that breaks this rule."""
+        return self.detail if self.detail is not None else sql_string(self.reason)
+
+
+def sql_string(text: str) -> str:
+    """A SQL string literal of `text` (our own constants, never data)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _shown(column: str, width: int = 40) -> str:
+    """SQL: the column's value quoted and cut to `width` characters, for a reason sentence."""
+    return f"coalesce('''' || left({column}, {width}) || '''', 'null')"
+
+
+def _first_column(condition: str, columns: tuple[str, ...]) -> str:
+    """SQL: the name of the first column for which `condition` ("{c}" stands for the column) holds."""
+    whens = " ".join(f"WHEN {condition.replace('{c}', c)} THEN '{c}'" for c in columns)
+    return f"CASE {whens} END"
+
+
+def _any_column(condition: str, columns: tuple[str, ...]) -> str:
+    return " OR ".join(f"coalesce({condition.replace('{c}', c)}, false)" for c in columns)
+
+
+def _null_rule(column: str) -> Rule:
+    return Rule(
+        name=f"null_{column}",
+        reason=f"{column} is null; it is required in every event",
+        check=f"{column} IS NULL",
+    )
+
+
+_TYPES_SQL = ", ".join(sql_string(t) for t in EVENT_TYPES)
+_TOO_LONG = "length({c}) > " + str(MAX_ID_LENGTH)
+_CONTROL = "regexp_matches({c}, '" + CONTROL_CHARS_RE2 + "')"
+_EMPTY = "trim({c}) = ''"
+_REQUIRED_IDS = ("event_id", "user_id", "item_id")
+
+RULES: tuple[Rule, ...] = (
+    *(_null_rule(c) for c in KEY_COLUMNS),
+    Rule(
+        name="empty_id",
+        reason="an id (event_id, user_id or item_id) is empty or only blanks",
+        check=_any_column(_EMPTY, _REQUIRED_IDS),
+        detail=f"{_first_column(_EMPTY, _REQUIRED_IDS)} || ' is empty or only blanks'",
+    ),
+    Rule(
+        name="id_too_long",
+        reason=f"an id (event_id, user_id, item_id or session_id) is longer than {MAX_ID_LENGTH} characters",
+        check=_any_column(_TOO_LONG, ID_COLUMNS),
+        detail=f"{_first_column(_TOO_LONG, ID_COLUMNS)} || ' is longer than {MAX_ID_LENGTH} characters'",
+    ),
+    Rule(
+        name="id_control_characters",
+        reason="an id (event_id, user_id, item_id or session_id) contains control characters (NUL, tab, newline, ...)",
+        check=_any_column(_CONTROL, ID_COLUMNS),
+        detail=f"{_first_column(_CONTROL, ID_COLUMNS)} || ' contains control characters (NUL, tab, newline, ...)'",
+    ),
+    Rule(
+        name="unknown_event_type",
+        reason=f"event_type is not one of {', '.join(EVENT_TYPES)}",
+        check=f"event_type NOT IN ({_TYPES_SQL})",
+        detail=f"'event_type ' || {_shown('event_type')} || ' is not one of {', '.join(EVENT_TYPES)}'",
+    ),
+    Rule(
+        name="event_ts_before_window",
+        reason="event_ts is before the run's extraction window",
+        check="event_ts < _window_start",
+        detail="'event_ts ' || CAST(event_ts AS VARCHAR) || ' is before the window start ' "
+        "|| CAST(_window_start AS VARCHAR)",
+    ),
+    Rule(
+        name="event_ts_after_window",
+        reason="event_ts is at or after the end of the run's extraction window",
+        check="event_ts >= _window_end",
+        detail="'event_ts ' || CAST(event_ts AS VARCHAR) || ' is at or after the window end ' "
+        "|| CAST(_window_end AS VARCHAR)",
+    ),
+    Rule(
+        name="event_ts_in_future",
+        reason="event_ts is in the future (a client clock is wrong)",
+        check="event_ts > _now",
+        detail="'event_ts ' || CAST(event_ts AS VARCHAR) || ' is in the future (now is ' "
+        "|| CAST(_now AS VARCHAR) || ' UTC)'",
+    ),
+    Rule(
+        name="dwell_not_a_number",
+        reason="dwell_seconds is NaN; an unknown dwell must be null",
+        check="isnan(dwell_seconds)",
+    ),
+    Rule(
+        name="dwell_out_of_range",
+        reason=f"dwell_seconds is outside [0, {MAX_DWELL_SECONDS:.0f}] seconds",
+        check=f"dwell_seconds < 0 OR dwell_seconds > {MAX_DWELL_SECONDS}",
+        detail=f"'dwell_seconds ' || CAST(dwell_seconds AS VARCHAR) || ' is outside [0, {MAX_DWELL_SECONDS:.0f}]'",
+    ),
+    Rule(
+        name="item_not_in_catalog",
+        reason="item_id is not in the run's item catalog (items.parquet)",
+        check="NOT _in_catalog",
+        detail=f"'item_id ' || {_shown('item_id')} || ' is not in the item catalog'",
+    ),
+    Rule(
+        name="duplicate_event_id",
+        reason="event_id already occurs in an earlier event (by event_ts); the first occurrence is kept",
+        check="_occurrence > 1",
+        detail=f"'event_id ' || {_shown('event_id')} || ' already occurs in an earlier event; "
+        "the first occurrence is kept'",
+    ),
+)
+
+RULE_NAMES: tuple[str, ...] = tuple(rule.name for rule in RULES)
+
+
+def rule_sql(rules: tuple[Rule, ...] = RULES) -> str:
+    """SQL: the name of the first rule a row breaks, or NULL for a valid row."""
+    whens = "\n    ".join(f"WHEN {rule.check} THEN {sql_string(rule.name)}" for rule in rules)
+    return f"CASE\n    {whens}\n  END"
+
+
+def reason_sql(rules: tuple[Rule, ...] = RULES, rule_column: str = "rule") -> str:
+    """SQL: the reason sentence of a row, given the name of the rule it was quarantined under."""
+    whens = "\n    ".join(f"WHEN {sql_string(rule.name)} THEN {rule.reason_sql()}" for rule in rules)
+    return f"CASE {rule_column}\n    {whens}\n  END"

@@ -1,0 +1,88 @@
+"""Shared fixtures: settings rooted in a temp folder, a seeded embedded warehouse, real servers on loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pmg_tasks.settings import Settings
+
+# The tiny models every role needs, built once per session (tests/fixtures_models.py).
+pytest_plugins = ["tests.fixtures_models"]
+
+DS = "2026-11-20"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Embedded defaults under a fresh folder: DuckDB warehouse, local object store."""
+    return Settings(home=tmp_path / "pmg")
+
+
+@pytest.fixture
+def seeded_settings(settings: Settings) -> Settings:
+    """A small synthetic shop (60 users, 40 items, 7 days ending at DS) in the embedded warehouse."""
+    from pmg_tasks.cli import seed_demo
+
+    seed_demo(settings, DS, users=60, items=40, days=7, overwrite_campaigns=True)
+    return settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API server (moto in server mode) on loopback, started and ended by this fixture."""
+    moto = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    if moto is None:
+        pytest.skip("moto_server is not installed: run `make setup`")
+    port = free_port()
+    process = subprocess.Popen(
+        [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        process.kill()
+        pytest.fail("moto_server did not start listening within 30 s")
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in credentials}
+    os.environ.update(credentials)
+    try:
+        yield url
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def run_date() -> str:
+    return DS
+
+
+def day_after(ds: str) -> str:
+    return (dt.date.fromisoformat(ds) + dt.timedelta(days=1)).isoformat()
