@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from pmg_tasks.settings import Settings
+# Airflow reads its home at import: point it at a throwaway folder before any test imports it,
+# so the suite never writes to ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pmg-test-airflow-{os.getpid()}"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+from pmg_tasks.settings import Settings  # noqa: E402
 
 # The tiny models every role needs, built once per session (tests/fixtures_models.py).
 pytest_plugins = ["tests.fixtures_models"]

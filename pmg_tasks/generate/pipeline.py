@@ -52,7 +52,7 @@ def load_diffusion_pipeline(directory: Path, device: str, dtype: torch.dtype):
     # Task logs are files: loading progress bars only add noise to them.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    pipeline = DiffusionPipeline.from_pretrained(directory, torch_dtype=dtype).to(device)
+    pipeline = DiffusionPipeline.from_pretrained(directory, dtype=dtype).to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

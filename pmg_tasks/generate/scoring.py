@@ -61,14 +61,8 @@ class ClipScorer:
         [-1, 1] to (0, 1] as (1 + cos) / 2, floored at SIMILARITY_FLOOR."""
         import torch
 
-        # Candidates of one request share their texts: embed each distinct text once.
-        row_of_text = {text: row for row, text in enumerate(dict.fromkeys(texts))}
         with torch.inference_mode():
-            image_embeddings = self._image_embeddings(images)
-            text_embeddings = self._text_embeddings(list(row_of_text))
-            rows = torch.tensor([row_of_text[text] for text in texts], device=text_embeddings.device)
-            cosine = (image_embeddings * text_embeddings[rows]).sum(dim=-1)
-            return ((1.0 + cosine) / 2.0).clamp(min=SIMILARITY_FLOOR, max=1.0).tolist()
+            return self._similarities(self._image_embeddings(images), texts)
 
     def score(
         self,
@@ -78,12 +72,26 @@ class ClipScorer:
         alphas: Sequence[float],
     ) -> list[CandidateScore]:
         """d_p, d_t and z for each image, against its own preference text, target text and alpha."""
-        d_p = self.similarities(images, preference_texts)
-        d_t = self.similarities(images, target_texts)
+        import torch
+
+        with torch.inference_mode():
+            image_embeddings = self._image_embeddings(images)
+            d_p = self._similarities(image_embeddings, preference_texts)
+            d_t = self._similarities(image_embeddings, target_texts)
         return [
             CandidateScore(d_p=p, d_t=t, z=creative_score(p, t, alpha))
             for p, t, alpha in zip(d_p, d_t, alphas, strict=True)
         ]
+
+    def _similarities(self, image_embeddings: torch.Tensor, texts: Sequence[str]) -> list[float]:
+        import torch
+
+        # Candidates of one request share their texts: embed each distinct text once.
+        row_of_text = {text: row for row, text in enumerate(dict.fromkeys(texts))}
+        text_embeddings = self._text_embeddings(list(row_of_text))
+        rows = torch.tensor([row_of_text[text] for text in texts], device=text_embeddings.device)
+        cosine = (image_embeddings * text_embeddings[rows]).sum(dim=-1)
+        return ((1.0 + cosine) / 2.0).clamp(min=SIMILARITY_FLOOR, max=1.0).tolist()
 
     def _image_embeddings(self, images: Sequence[Image]) -> torch.Tensor:
         pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]

@@ -15,8 +15,7 @@ import hashlib
 import io
 import logging
 import posixpath
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
 from pmg_tasks import layout
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     from PIL.Image import Image
 
-    from pmg_tasks.settings import Settings
+    from pmg_tasks.settings import Generation, Settings
     from pmg_tasks.store import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -63,7 +62,7 @@ class GenerationRequest:
             raise ValueError(f"request {self.signature}: alpha must lie in [0, 1], got {self.alpha}")
 
 
-REQUEST_COLUMNS = tuple(GenerationRequest.__dataclass_fields__)
+REQUEST_COLUMNS = tuple(field.name for field in fields(GenerationRequest))
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,12 @@ def generate_shard(settings: Settings, ds: str, shard_index: int) -> dict:
         len(pending),
     )
     if pending:
-        kept |= draw_and_keep(settings, store, ds, shard_index, pending, candidates, diffusion_dir, clip_dir)
+        # Load the diffusion pipeline and CLIP once per shard, and only when something is left to draw.
+        device, dtype = inference_device()
+        pipeline = load_diffusion_pipeline(diffusion_dir, device, dtype)
+        scorer = ClipScorer.load(clip_dir, device, dtype)
+        queue = [candidate for request in pending for candidate in candidates[request.signature]]
+        kept |= draw_and_keep(pipeline, scorer, store, ds, queue, settings.generation, shard_index)
 
     creatives = [creative for request in requests for creative in kept[request.signature]]
     result_key = write_table(store, layout.shard_result_key(ds, shard_index), result_table(creatives))
@@ -198,29 +202,23 @@ def find_written_creatives(
 
 
 def draw_and_keep(
-    settings: Settings,
+    pipeline,
+    scorer: ClipScorer,
     store: ObjectStore,
     ds: str,
+    queue: list[Candidate],
+    generation: Generation,
     shard_index: int,
-    requests: list[GenerationRequest],
-    candidates: dict[str, list[Candidate]],
-    diffusion_dir: Path,
-    clip_dir: Path,
 ) -> dict[str, list[Creative]]:
-    """Draw every candidate of `requests` in batches, score them, and write each request's best v as soon as
-    all its candidates are in. Returns the kept creatives by signature."""
-    device, dtype = inference_device()
-    pipeline = load_diffusion_pipeline(diffusion_dir, device, dtype)
-    scorer = ClipScorer.load(clip_dir, device, dtype)
-    batch_size = settings.generation.batch_size
-
-    queue = [candidate for request in requests for candidate in candidates[request.signature]]
+    """Draw the queued candidates in batches, score them, and write each request's best v as soon as all its
+    candidates are in, so images are held only for requests still open. Returns kept creatives by signature."""
+    batch_size = generation.batch_size
     drawn: dict[str, list[tuple[Candidate, Image, CandidateScore]]] = {}
     kept: dict[str, list[Creative]] = {}
     for start in range(0, len(queue), batch_size):
         batch = queue[start : start + batch_size]
         images = render_images(
-            pipeline, [c.request.prompt for c in batch], [c.seed for c in batch], settings.generation
+            pipeline, [c.request.prompt for c in batch], [c.seed for c in batch], generation
         )
         scores = scorer.score(
             images,

@@ -72,33 +72,27 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         )
     items = read_frame(store, items_key)
 
+    # 1. The graph, over tonight's ids plus every id the previous version knew.
     parent = warm_start_version(store, ds)
     previous = _load_version(store, parent) if parent else None
-    if previous is not None and not _compatible(previous["checkpoint"], settings):
-        log.warning("model version %s was trained with other dimensions; starting cold", parent)
+    if previous is not None and previous["checkpoint"]["dim"] != settings.gnn_dim:
+        log.warning("model version %s has gnn_dim %d; starting cold", parent, previous["checkpoint"]["dim"])
         parent, previous = None, None
-    known = previous["checkpoint"] if previous else {"user_ids": [], "item_ids": []}
+    known_users = previous["checkpoint"]["user_ids"] if previous else []
+    known_items = previous["checkpoint"]["item_ids"] if previous else []
     try:
-        graph = build_interaction_graph(
-            events, items, known_user_ids=known["user_ids"], known_item_ids=known["item_ids"]
-        )
+        graph = build_interaction_graph(events, items, known_user_ids=known_users, known_item_ids=known_items)
     except ValueError as error:
         raise ValueError(f"{events_key} / {items_key}: {error}") from error
     log.info(
         "preference graph for %s: %d users, %d items, %d edges; warm start from %s",
-        ds,
-        graph.num_users,
-        graph.num_items,
-        graph.num_edges,
-        parent or "nothing",
-    )
+        ds, graph.num_users, graph.num_items, graph.num_edges, parent or "nothing",
+    )  # fmt: skip
 
+    # 2. The model, grown from the previous version's tables, and 3. its BPR training.
+    feature_dims = {view: features.shape[1] for view, features in graph.item_features.items()}
     model = ModalPreferenceGNN(
-        graph.num_users,
-        graph.num_items,
-        settings.gnn_dim,
-        settings.gnn_layers,
-        {view: features.shape[1] for view, features in graph.item_features.items()},
+        graph.num_users, graph.num_items, settings.gnn_dim, settings.gnn_layers, feature_dims
     )
     model.reset_parameters(torch.Generator().manual_seed(settings.seed))
     if previous is not None:
@@ -109,60 +103,55 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
     )
     log.info("trained %d epochs: BPR loss %.4f -> %.4f", len(losses), losses[0], losses[-1])
 
-    # Tokens name a direction of taste, not how active a user is, so quantize unit vectors.
-    active = torch.tensor(graph.active_users())
+    # 4. Tokens of tonight's users. They name a direction of taste, not how active a user is: unit vectors.
+    active = graph.active_users()
     user_embedding, _ = node_embeddings(model, graph)[TEXT_VIEW]
-    preferences = F.normalize(user_embedding[active], dim=1)
-    init = previous["codebooks"].get(TEXT_VIEW) if previous else None
-    if init is not None and tuple(init.shape) != (
-        settings.token_levels,
-        settings.token_codes,
-        settings.gnn_dim,
-    ):
-        init = None
+    preferences = F.normalize(user_embedding[torch.tensor(active)], dim=1)
+    init = _previous_codebooks(
+        previous, TEXT_VIEW, (settings.token_levels, settings.token_codes, settings.gnn_dim)
+    )
     codebooks = fit_residual_codebooks(
         preferences, settings.token_levels, settings.token_codes, seed=settings.seed, init=init
     )
     tokens = preference_tokens(assign_codes(preferences, codebooks), TEXT_VIEW)
     segments = [segment_id(user_tokens) for user_tokens in tokens]
+    n_segments = len(set(segments))
     error = reconstruction_error(preferences, codebooks)
 
+    # 5. Run outputs, then the model version, then LATEST: whatever fails first leaves LATEST as it was.
     tokens_key = run_key(ds, "preference_tokens.parquet")
-    write_table(
-        store, tokens_key, _tokens_table([graph.user_ids[row] for row in active.tolist()], tokens, segments)
-    )
-    write_json(
-        store,
-        run_key(ds, "preference_graph.json"),
-        {
-            "version": ds,
-            "view": TEXT_VIEW,
-            "users": len(tokens),
-            "items": len(set(graph.edge_item.tolist())),
-            "edges": graph.num_edges,
-            "model_users": graph.num_users,
-            "model_items": graph.num_items,
-            "new_users": graph.num_users - len(known["user_ids"]),
-            "new_items": graph.num_items - len(known["item_ids"]),
-            "epochs": len(losses),
-            "learning_rate": learning_rate,
-            "first_loss": losses[0],
-            "final_loss": losses[-1],
-            "token_levels": settings.token_levels,
-            "token_codes": settings.token_codes,
-            "reconstruction_error": error,
-            "segments": len(set(segments)),
-            "warm_started": parent is not None,
-            "warm_start_from": parent,
-            "codebooks_warm_started": init is not None,
-        },
-    )
+    write_table(store, tokens_key, _tokens_table([graph.user_ids[row] for row in active], tokens, segments))
+    report = {
+        "version": ds,
+        "view": TEXT_VIEW,
+        "users": len(tokens),
+        "items": len(set(graph.edge_item.tolist())),
+        "edges": graph.num_edges,
+        "model_users": graph.num_users,
+        "model_items": graph.num_items,
+        "new_users": graph.num_users - len(known_users),
+        "new_items": graph.num_items - len(known_items),
+        # Items the catalog has no title or categories for: only the graph speaks for them.
+        "items_without_text": int((~graph.item_features[TEXT_VIEW].any(axis=1)).sum()),
+        "epochs": len(losses),
+        "learning_rate": learning_rate,
+        "first_loss": losses[0],
+        "final_loss": losses[-1],
+        "token_levels": settings.token_levels,
+        "token_codes": settings.token_codes,
+        "reconstruction_error": error,
+        "segments": n_segments,
+        "warm_started": parent is not None,
+        "warm_start_from": parent,
+        "codebooks_warm_started": init is not None,
+    }
+    write_json(store, run_key(ds, "preference_graph.json"), report)
     _save_version(store, ds, model, graph, parent, {TEXT_VIEW: codebooks})
     _publish_latest(store, ds)
-    log.info("%d users in %d segments; quantization error %.3f", len(tokens), len(set(segments)), error)
+    log.info("%d users in %d segments; quantization error %.3f", len(tokens), n_segments, error)
     return {
         "users": len(tokens),
-        "segments": len(set(segments)),
+        "segments": n_segments,
         "version": ds,
         "warm_start_from": parent,
         "tokens_key": tokens_key,
@@ -204,8 +193,10 @@ def _check_ds(ds: str) -> None:
         raise ValueError(f"ds must be a date written YYYY-MM-DD, got {ds!r}")
 
 
-def _compatible(checkpoint: dict, settings: Settings) -> bool:
-    return checkpoint["dim"] == settings.gnn_dim
+def _previous_codebooks(previous: dict | None, view: str, shape: tuple[int, int, int]):
+    """Last version's codebooks of `view` when they fit tonight's settings, else None (a fresh fit)."""
+    codebooks = previous["codebooks"].get(view) if previous else None
+    return codebooks if codebooks is not None and tuple(codebooks.shape) == shape else None
 
 
 def _load_version(store: ObjectStore, version: str) -> dict[str, dict]:

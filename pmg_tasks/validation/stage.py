@@ -99,15 +99,24 @@ def validate_events(
                 _check_conservation(extracted, valid, quarantined, by_rule)
             log.info(
                 "validated %d events in [%s, %s): %d valid, %d quarantined (%.1f s)",
-                extracted, window_start, window_end, valid, quarantined, time.monotonic() - started,
+                extracted,
+                window_start,
+                window_end,
+                valid,
+                quarantined,
+                time.monotonic() - started,
             )
             frame, scope = _gx_frame(con, extracted, gx_max_rows)
 
     gx_started = time.monotonic()
     gx_report = run_suite(frame, window_start=window_start, window_end=window_end, scope=scope)
     del frame
-    log.info("great expectations: success=%s on %s (%.1f s)", gx_report["success"],
-             scope["description"], time.monotonic() - gx_started)
+    log.info(
+        "great expectations: success=%s on %s (%.1f s)",
+        gx_report["success"],
+        scope["description"],
+        time.monotonic() - gx_started,
+    )
 
     bad_fraction = quarantined / extracted if extracted else 0.0
     passed = bad_fraction <= settings.max_bad_fraction
@@ -135,8 +144,9 @@ def validate_events(
 
     if not passed:
         raise BadDataError(
-            _threshold_message(extracted, bad_fraction, settings.max_bad_fraction, by_rule,
-                               quarantine_key, report_key),
+            _threshold_message(
+                extracted, bad_fraction, settings.max_bad_fraction, by_rule, quarantine_key, report_key
+            ),
             report=report,
         )
     return {
@@ -179,11 +189,16 @@ def check_schema(found: pa.Schema, expected: pa.Schema, what: str, fix: str) -> 
             problems.append(f"column {field.name!r} is missing")
             fixes.append(f"{field.name} as {field.type}")
         elif not _compatible(found.field(index).type, field.type):
-            problems.append(f"column {field.name!r} has type {found.field(index).type}, expected {field.type}")
+            problems.append(
+                f"column {field.name!r} has type {found.field(index).type}, expected {field.type}"
+            )
             fixes.append(f"{field.name} as {field.type} (found {found.field(index).type})")
     if problems:
         raise BadDataError(
-            f"{what} cannot be validated: " + "; ".join(problems) + f". Fix: {fix} " + ", ".join(fixes)
+            f"{what} cannot be validated: "
+            + "; ".join(problems)
+            + f". Fix: {fix} "
+            + ", ".join(fixes)
             + f" (expected columns: {', '.join(f'{f.name} {f.type}' for f in expected)};"
             f" found: {', '.join(f'{f.name} {f.type}' for f in found) or 'none'})."
         )
@@ -217,8 +232,12 @@ def _connect(spill_dir: str) -> duckdb.DuckDBPyConnection:
 
 
 def _prepare(
-    con: duckdb.DuckDBPyConnection, events_path: str, items_path: str,
-    window_start: datetime, window_end: datetime, now: datetime,
+    con: duckdb.DuckDBPyConnection,
+    events_path: str,
+    items_path: str,
+    window_start: datetime,
+    window_end: datetime,
+    now: datetime,
 ) -> None:
     """Views over the input files and the `flagged` table: (_row, rule) of every row that breaks a rule."""
     schema = events_schema()
@@ -344,7 +363,8 @@ def _gx_frame(con: duckdb.DuckDBPyConnection, extracted: int, max_rows: int) -> 
         "columns": list(EVENT_COLUMNS),
         "description": (
             f"a sample of {len(frame):,} of {extracted:,} events (every {stride}th row in file order)"
-            if sampled else f"all {extracted:,} events"
+            if sampled
+            else f"all {extracted:,} events"
         ),
     }
     return frame, scope
@@ -371,10 +391,16 @@ def _percents(value: float, limit: float) -> tuple[str, str]:
 
 
 def _threshold_message(
-    extracted: int, bad_fraction: float, limit: float, by_rule: dict[str, int], quarantine_key: str,
+    extracted: int,
+    bad_fraction: float,
+    limit: float,
+    by_rule: dict[str, int],
+    quarantine_key: str,
     report_key: str,
 ) -> str:
-    failing = sorted(((n, c) for n, c in by_rule.items() if c), key=lambda nc: (-nc[1], RULE_NAMES.index(nc[0])))
+    failing = sorted(
+        ((n, c) for n, c in by_rule.items() if c), key=lambda nc: (-nc[1], RULE_NAMES.index(nc[0]))
+    )
     shown, shown_limit = _percents(bad_fraction, limit)
     counts = ", ".join(f"{name}={count:,}" for name, count in failing)
     return (

@@ -53,7 +53,9 @@ def build_expectations(window_start: datetime, window_end: datetime) -> list[Any
         E.ExpectColumnValuesToBeBetween(column="dwell_seconds", min_value=0, max_value=MAX_DWELL_SECONDS)
     )
     expectations.append(E.ExpectColumnMinToBeBetween(column="event_ts", min_value=window_start))
-    expectations.append(E.ExpectColumnMaxToBeBetween(column="event_ts", max_value=window_end, strict_max=True))
+    expectations.append(
+        E.ExpectColumnMaxToBeBetween(column="event_ts", max_value=window_end, strict_max=True)
+    )
     expectations.append(E.ExpectColumnValuesToBeUnique(column="event_id"))
     expectations += [
         E.ExpectColumnValueLengthsToBeBetween(
@@ -61,19 +63,26 @@ def build_expectations(window_start: datetime, window_end: datetime) -> list[Any
         )
         for c in ID_COLUMNS
     ]
-    expectations += [E.ExpectColumnValuesToNotMatchRegex(column=c, regex=CONTROL_CHARS_PY) for c in ID_COLUMNS]
+    expectations += [
+        E.ExpectColumnValuesToNotMatchRegex(column=c, regex=CONTROL_CHARS_PY) for c in ID_COLUMNS
+    ]
     return expectations
 
 
 def quiet_gx() -> None:
-    """Keep GX out of task logs unless something is wrong."""
-    for name in ("great_expectations", "great_expectations.core", "great_expectations.datasource"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    """Keep GX out of task logs unless something is wrong.
+
+    Called before and after importing GX: some of its modules set their own logger to INFO at import
+    (e.g. one announces the temporary docs folder of every ephemeral context).
+    """
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("great_expectations.") and isinstance(logger, logging.Logger):
+            if logger.level != logging.NOTSET and logger.level < logging.WARNING:
+                logger.setLevel(logging.WARNING)
 
 
-def run_suite(
-    frame: pd.DataFrame, *, window_start: datetime, window_end: datetime, scope: dict
-) -> dict:
+def run_suite(frame: pd.DataFrame, *, window_start: datetime, window_end: datetime, scope: dict) -> dict:
     """Run the suite over `frame` (SUMMARY result format) and return the JSON-ready part of the report.
 
     `scope` says what `frame` is (all rows or a sample) and is kept in the report as is.
@@ -82,6 +91,7 @@ def run_suite(
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    quiet_gx()
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch_definition = (

@@ -66,7 +66,9 @@ def test_alpha_zero_ranks_by_target_only(scorer: ClipScorer, images):
 def test_each_image_is_scored_against_its_own_text(scorer: ClipScorer, images):
     texts = [PREFERENCE, TARGET, PREFERENCE, "a gift box"]
     together = scorer.similarities(images[:4], texts)
-    one_by_one = [scorer.similarities([image], [text])[0] for image, text in zip(images[:4], texts, strict=True)]
+    one_by_one = [
+        scorer.similarities([image], [text])[0] for image, text in zip(images[:4], texts, strict=True)
+    ]
     assert together == pytest.approx(one_by_one, abs=1e-5)
 
 

@@ -111,3 +111,15 @@ def make_events():
 @pytest.fixture
 def make_second_night():
     return second_night_events
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    # These graphs are tiny: intra-op threads buy nothing, and on a busy 2-core runner their spinning
+    # OpenMP workers made the tests several times slower.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

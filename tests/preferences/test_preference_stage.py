@@ -67,6 +67,7 @@ def test_outputs_have_the_published_schema(settings, store, night_1, make_events
     report = read_json(store, run_key(NIGHT_1, "preference_graph.json"))
     assert report["users"] == len(frame) == result["users"] == 50
     assert report["items"] == 40
+    assert report["items_without_text"] == 0
     assert report["edges"] > 0 and report["epochs"] == settings.gnn_epochs
     assert report["final_loss"] < report["first_loss"]
     assert 0 <= report["reconstruction_error"] < 1

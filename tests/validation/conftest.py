@@ -27,7 +27,9 @@ def put_inputs(store):
     """put_inputs(events) writes events.parquet (rows or a table) and the catalog for DS."""
 
     def put(events: list[dict] | pa.Table, items: pa.Table | None = None) -> None:
-        table = events if isinstance(events, pa.Table) else pa.Table.from_pylist(events, schema=events_schema())
+        table = (
+            events if isinstance(events, pa.Table) else pa.Table.from_pylist(events, schema=events_schema())
+        )
         write_table(store, run_key(DS, "events.parquet"), table)
         write_table(store, run_key(DS, "items.parquet"), items if items is not None else items_table())
 

@@ -59,9 +59,16 @@ def broken_events() -> list[tuple[str, dict, str]]:
     for n, (tag, overrides, rule) in enumerate(cases):
         rows.append((f"tag-{tag}", event(10_000 + n, session_id=f"tag-{tag}", **overrides), rule))
     # session_id itself broken: tag by event_id.
-    rows.append(("ev-long-session", event(20_000, event_id="ev-long-session", session_id="s" * 129), "id_too_long"))
-    rows.append(("ev-ctrl-session", event(20_001, event_id="ev-ctrl-session", session_id="s\x1bx"),
-                 "id_control_characters"))
+    rows.append(
+        ("ev-long-session", event(20_000, event_id="ev-long-session", session_id="s" * 129), "id_too_long")
+    )
+    rows.append(
+        (
+            "ev-ctrl-session",
+            event(20_001, event_id="ev-ctrl-session", session_id="s\x1bx"),
+            "id_control_characters",
+        )
+    )
     return rows
 
 
@@ -85,17 +92,21 @@ def corpus():
     original = valid[5]
     duplicates = [
         # A later copy of valid event 5 with a later timestamp: the copy is the duplicate.
-        (dict(original, event_ts=original["event_ts"] + timedelta(hours=1), session_id="tag-dup-later"),
-         "duplicate_event_id"),
+        (
+            dict(original, event_ts=original["event_ts"] + timedelta(hours=1), session_id="tag-dup-later"),
+            "duplicate_event_id",
+        ),
         # An exact copy of valid event 7 (a retried delivery): one of the two is kept.
         (dict(valid[7]), "duplicate_event_id"),
     ]
     # Same event_id twice; the copy that comes FIRST in the file has the LATER timestamp, so it is the
     # duplicate: "first" means first by event_ts.
-    early = event(200, event_id="ev-dup-order", session_id="tag-dup-early",
-                  event_ts=WINDOW_START + timedelta(hours=9))
-    late = event(201, event_id="ev-dup-order", session_id="tag-dup-late",
-                 event_ts=WINDOW_START + timedelta(hours=10))
+    early = event(
+        200, event_id="ev-dup-order", session_id="tag-dup-early", event_ts=WINDOW_START + timedelta(hours=9)
+    )
+    late = event(
+        201, event_id="ev-dup-order", session_id="tag-dup-late", event_ts=WINDOW_START + timedelta(hours=10)
+    )
     broken = broken_events()
     rows = valid + boundary + [late] + [r for r, _ in duplicates] + [early] + [r for _, r, _ in broken]
     random.Random(7).shuffle(rows)
@@ -157,7 +168,9 @@ def test_every_broken_event_is_quarantined_with_its_rule(settings, store, put_in
     assert kept["session_id"] == "tag-dup-early"
 
     report = read_json(store, REPORT_KEY)
-    assert report["extracted"] == n and report["valid"] == corpus["n_valid"] and report["quarantined"] == n_bad
+    assert (
+        report["extracted"] == n and report["valid"] == corpus["n_valid"] and report["quarantined"] == n_bad
+    )
     assert set(report["by_rule"]) == set(RULE_NAMES)
     expected_counts = Counter(corpus["expected_rules"].values()) + Counter({"duplicate_event_id": 1})
     assert {k: v for k, v in report["by_rule"].items() if v} == dict(expected_counts)
@@ -278,7 +291,8 @@ def test_empty_window_is_valid(settings, store, put_inputs):
 
     result = validate_events(settings, DS, now=NOW)
 
-    assert (result["extracted"], result["valid"], result["quarantined"], result["bad_fraction"]) == (0, 0, 0, 0.0)
+    counts = (result["extracted"], result["valid"], result["quarantined"], result["bad_fraction"])
+    assert counts == (0, 0, 0, 0.0)
     assert read_table(store, VALID_KEY).schema == events_schema()
     assert json.loads(store.get_bytes(REPORT_KEY))["extracted"] == 0
 
@@ -314,7 +328,9 @@ def test_missing_column_is_named_before_any_row_work(settings, store, put_inputs
 
 def test_event_ts_as_string_is_named_with_both_types(settings, store, put_inputs):
     table = pa.Table.from_pylist(valid_events(10), schema=events_schema())
-    as_text = table.set_column(5, pa.field("event_ts", pa.string()), table.column("event_ts").cast(pa.string()))
+    as_text = table.set_column(
+        5, pa.field("event_ts", pa.string()), table.column("event_ts").cast(pa.string())
+    )
     put_inputs(as_text)
 
     with pytest.raises(BadDataError) as raised:
@@ -335,7 +351,9 @@ def test_catalog_without_item_id_is_bad_data(settings, store, put_inputs):
 
 def test_other_text_encodings_and_extra_columns_are_accepted(settings, store, put_inputs):
     table = pa.Table.from_pylist(valid_events(20), schema=events_schema())
-    table = table.set_column(1, pa.field("user_id", pa.large_string()), table.column("user_id").cast(pa.large_string()))
+    table = table.set_column(
+        1, pa.field("user_id", pa.large_string()), table.column("user_id").cast(pa.large_string())
+    )
     table = table.set_column(4, "event_type", table.column("event_type").dictionary_encode())
     table = table.append_column("country", pa.array(["de"] * 20))
     put_inputs(table)

@@ -38,8 +38,15 @@ def valid_events(n: int, first: int = 0) -> list[dict]:
 
 def items_table(n: int = N_ITEMS) -> pa.Table:
     rows = [
-        {"item_id": f"item-{i}", "title": f"item {i}", "categories": "a|b", "description": "",
-         "attributes": "{}", "image_uri": "", "updated_at": WINDOW_START}
+        {
+            "item_id": f"item-{i}",
+            "title": f"item {i}",
+            "categories": "a|b",
+            "description": "",
+            "attributes": "{}",
+            "image_uri": "",
+            "updated_at": WINDOW_START,
+        }
         for i in range(n)
     ]
     return pa.Table.from_pylist(rows, schema=items_schema())
