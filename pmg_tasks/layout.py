@@ -43,5 +43,10 @@ def keyword_cache_key(kind: str, content_hash: str, prompt_version: str, model_i
     return f"cache/keywords/{kind}/{model_id}/{prompt_version}/{content_hash}.json"
 
 
+GNN_MODELS_PREFIX = "models/gnn/"
+# Names the model version in force; written last, so a failed night leaves the previous one in place.
+GNN_LATEST_KEY = GNN_MODELS_PREFIX + "LATEST"
+
+
 def gnn_model_prefix(version: str) -> str:
-    return f"models/gnn/{version}/"
+    return f"{GNN_MODELS_PREFIX}{version}/"

@@ -20,7 +20,7 @@ from pmg_tasks.text_safety import clean_keyword, clean_text
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pmg_tasks.settings import Settings
+    from pmg_tasks.settings import Generation, Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,14 @@ def build_prompt(style: str, title: str, target_words: list[str], preference_wor
     return prompt
 
 
-def request_signature(campaign: Campaign, item_id: str, prompt: str, alpha: float, candidates: int) -> str:
-    """Everything that changes the pixels or the choice among them, hashed."""
+def request_signature(
+    campaign: Campaign, item_id: str, prompt: str, alpha: float, candidates: int, generation: Generation
+) -> str:
+    """Everything that changes the pixels or the choice among them, hashed (model versions join later,
+    in the creative id)."""
+    pixels = [generation.inference_steps, generation.guidance_scale, generation.image_size]
     recipe = json.dumps(
-        [campaign.campaign_id, item_id, prompt, alpha, candidates, campaign.variants], sort_keys=True
+        [campaign.campaign_id, item_id, prompt, alpha, candidates, campaign.variants, pixels], sort_keys=True
     )
     return hashlib.sha256(recipe.encode()).hexdigest()[:24]
 
@@ -95,7 +99,7 @@ def plan_generation(settings: Settings, ds: str) -> list[int]:
                         "user_id": user.user_id,
                         "item_id": item_id,
                         "segment_id": segments.get(user.user_id, ""),
-                        "signature": request_signature(campaign, item_id, prompt, alpha, candidates),
+                        "signature": request_signature(campaign, item_id, prompt, alpha, candidates, generation),
                         "prompt": prompt,
                         "preference_keywords": preference,
                         "target_keywords": target,

@@ -18,7 +18,7 @@ import io
 import logging
 from typing import TYPE_CHECKING, Any
 
-from pmg_tasks.layout import gnn_model_prefix, run_key
+from pmg_tasks.layout import GNN_LATEST_KEY, GNN_MODELS_PREFIX, gnn_model_prefix, run_key
 from pmg_tasks.store import ObjectStore, open_store, read_frame, write_json, write_table
 
 if TYPE_CHECKING:
@@ -28,9 +28,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# TODO(layout): spell these in pmg_tasks/layout.py next to gnn_model_prefix.
-GNN_MODELS_PREFIX = "models/gnn/"
-GNN_LATEST_KEY = GNN_MODELS_PREFIX + "LATEST"
 CHECKPOINT_FILE = "checkpoint.pt"
 CODEBOOKS_FILE = "codebooks.pt"
 
