@@ -98,7 +98,7 @@ def pmg_nightly():
         except CampaignError as error:
             raise _fail_without_retry(error) from error
 
-    @task(pool=SETTINGS.pools.gpu, max_active_tis_per_dag=SETTINGS.pools.gpu_slots)
+    @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue, max_active_tis_per_dag=SETTINGS.pools.gpu_slots)
     def generate(day: str, shard_index: int) -> dict:
         from pmg_tasks.generate.shard import generate_shard
 

@@ -33,6 +33,8 @@ class Pools(BaseModel):
     gpu_slots: int = 1
     llm: str = "pmg_llm"
     llm_slots: int = 1
+    # Celery queue that GPU workers listen on; "default" runs everything on any worker (a laptop).
+    gpu_queue: str = "default"
 
 
 class Generation(BaseModel):

@@ -16,6 +16,7 @@ from pathlib import Path
 from pmg_tasks.settings import Settings
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
+PLUGINS_FOLDER = DAGS_FOLDER.parent / "plugins"
 DAG_ID = "pmg_nightly"
 
 
@@ -28,6 +29,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         {
             "AIRFLOW_HOME": str(airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             # A laptop: few worker processes (the default of 32 costs ~5 GB of memory).
             "AIRFLOW__CORE__PARALLELISM": "4",
