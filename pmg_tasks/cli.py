@@ -57,7 +57,7 @@ def with_test_size_models(settings: Settings) -> Settings:
 def demo_run(args: argparse.Namespace) -> int:
     from pmg_tasks.demo.run import run_nightly_dag
     from pmg_tasks.layout import creatives_prefix, report_key, run_key, success_key
-    from pmg_tasks.store import open_store, read_json
+    from pmg_tasks.store import LocalStore, open_store, read_json
 
     settings = with_test_size_models(Settings())
     print(f"pmg home: {settings.home}")
@@ -68,6 +68,11 @@ def demo_run(args: argparse.Namespace) -> int:
     log_file = run_nightly_dag(settings, args.ds)
 
     store = open_store(settings)
+
+    def where(key: str) -> str:
+        # A person copies a local path into a file browser more happily than a percent-encoded URI.
+        return str(store.path(key)) if isinstance(store, LocalStore) else store.url(key)
+
     if not store.exists(success_key(args.ds)):
         print(f"the DAG finished but {success_key(args.ds)} is missing; see {log_file}", file=sys.stderr)
         return 1
@@ -75,10 +80,10 @@ def demo_run(args: argparse.Namespace) -> int:
     validation = read_json(store, run_key(args.ds, "validation.json"))
     print(f"\nDone: {success['rows']} creatives; {validation['valid']} valid and {validation['quarantined']} "
           f"quarantined events of {validation['extracted']}.")
-    print(f"  creatives: {store.url(creatives_prefix(args.ds))}")
+    print(f"  creatives: {where(creatives_prefix(args.ds))}/")
     for campaign, key in sorted(success["manifests"].items()):
-        print(f"  manifest ({campaign}): {store.url(key)}")
-    print(f"  report:    {store.url(report_key(args.ds))}")
+        print(f"  manifest ({campaign}): {where(key)}")
+    print(f"  report:    {where(report_key(args.ds))}")
     print(f"  airflow log: {log_file}")
     return 0
 

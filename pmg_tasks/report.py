@@ -7,7 +7,6 @@ Everything from the data is escaped: a title is text, never markup.
 from __future__ import annotations
 
 import html
-import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -28,16 +27,20 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _value(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _stats_table(stats: dict) -> str:
+    """One row per stage: its scalar figures, and the non-zero entries of its count tables."""
     rows = []
     for stage, values in stats.items():
-        shown = {k: v for k, v in values.items() if not isinstance(v, dict | list)} if isinstance(values, dict) else {}
-        nested = {k: v for k, v in values.items() if isinstance(v, dict)} if isinstance(values, dict) else {}
-        summary = ", ".join(f"{k}: {v}" for k, v in shown.items())
-        for name, inner in nested.items():
-            if all(not isinstance(v, dict | list) for v in inner.values()):
-                summary += f"; {name}: " + json.dumps(inner, sort_keys=True)
-        rows.append(f"<tr><th>{_e(stage)}</th><td>{_e(summary)}</td></tr>")
+        parts = [f"{k}: {_value(v)}" for k, v in values.items() if not isinstance(v, dict | list)]
+        for name, inner in values.items():
+            if isinstance(inner, dict) and all(isinstance(v, int | float) for v in inner.values()):
+                nonzero = {k: v for k, v in inner.items() if v}
+                parts.append(f"{name}: " + (", ".join(f"{k}={_value(v)}" for k, v in nonzero.items()) or "none"))
+        rows.append(f"<tr><th>{_e(stage)}</th><td>{_e('; '.join(parts))}</td></tr>")
     return "<table class='stats'>" + "".join(rows) + "</table>"
 
 
