@@ -1,7 +1,8 @@
 """pmg_nightly: last night's clickstream in, personalized creatives and their scores out.
 
-    extract -> validate -> histories -+-> keywords ----------+-> plan -> generate (one task per shard) -> publish
-                                      +-> preference_tokens -+
+    extract -> validate -> histories -+-> keyword_shards -> keywords (one per user shard) -> merge_keywords -+-> plan
+                                      +-> preference_tokens ---------------------------------------------------+
+    plan -> generate (one task per shard) -> publish
 
 Wiring only: every stage is a plain function in pmg_tasks, and heavy libraries load inside task bodies.
 A run triggered on day D processes day D - 1, the last complete one; `params.ds` reprocesses any date.
@@ -38,8 +39,8 @@ def _fail_without_retry(error: Exception):
     params={"ds": Param(None, type=["null", "string"], description="YYYY-MM-DD to process instead of D-1")},
     default_args={
         "owner": "data-engineering",
-        "retries": 2,
-        "retry_delay": dt.timedelta(minutes=2),
+        "retries": SETTINGS.pools.task_retries,
+        "retry_delay": dt.timedelta(seconds=SETTINGS.pools.retry_delay_s),
         "retry_exponential_backoff": True,
         "execution_timeout": dt.timedelta(hours=2),
     },
@@ -76,11 +77,27 @@ def pmg_nightly():
 
         return build_histories(Settings(), day)
 
-    @task(pool=SETTINGS.pools.llm)
-    def keywords(day: str) -> dict:
-        from pmg_tasks.keywords.stage import extract_keywords
+    @task
+    def keyword_shards(day: str) -> list[int]:
+        from pmg_tasks.keywords.stage import plan_keyword_shards
 
-        return extract_keywords(Settings(), day)
+        return plan_keyword_shards(Settings(), day)
+
+    @task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
+    def keywords(day: str, shard_index: int) -> dict:
+        from pmg_tasks.campaigns import CampaignError
+        from pmg_tasks.keywords.stage import extract_keyword_shard
+
+        try:
+            return extract_keyword_shard(Settings(), day, shard_index)
+        except CampaignError as error:
+            raise _fail_without_retry(error) from error
+
+    @task
+    def merge_keywords(day: str) -> dict:
+        from pmg_tasks.keywords.stage import merge_keywords
+
+        return merge_keywords(Settings(), day)
 
     @task
     def preference_tokens(day: str) -> dict:
@@ -112,11 +129,15 @@ def pmg_nightly():
 
     day = run_date()
     extracted, validated, built = extract(day), validate(day), histories(day)
-    user_keywords, tokens, shards = keywords(day), preference_tokens(day), plan(day)
+    user_shards = keyword_shards(day)
+    user_keywords = keywords.partial(day=day).expand(shard_index=user_shards)
+    merged, tokens, shards = merge_keywords(day), preference_tokens(day), plan(day)
     generated = generate.partial(day=day).expand(shard_index=shards)
     published = publish(day)
 
-    extracted >> validated >> built >> [user_keywords, tokens] >> shards
+    extracted >> validated >> built >> [user_shards, tokens]
+    user_keywords >> merged
+    [merged, tokens] >> shards
     generated >> published
 
 

@@ -74,22 +74,28 @@ def build_histories(settings: Settings, ds: str) -> dict:
     store = open_store(settings)
     events = read_frame(store, run_key(ds, "events_valid.parquet"))
     items = read_frame(store, run_key(ds, "items.parquet")).set_index("item_id")
+    known = events["item_id"].isin(items.index)
+    if not known.all():
+        # Validation quarantines these; a history is only ever built from items the catalog can describe.
+        log.warning("%d events name items missing from the catalog; leaving them out", int((~known).sum()))
+        events = events[known]
     if events.empty:
         raise ValueError(
-            f"{run_key(ds, 'events_valid.parquet')} has no rows: no user has a history for {ds}; "
-            "check the extraction window and the validation report"
+            f"{run_key(ds, 'events_valid.parquet')} has no rows for catalog items: no user has a history for "
+            f"{ds}; check the extraction window and the validation report"
         )
     ranked = rank_engagements(events)
     totals = ranked.groupby("user_id").agg(n_events=("events", "sum"), engagement=("weight", "sum"))
     top = ranked[ranked["rank"] <= settings.history_length].join(items, on="item_id")
+    # Each item is rendered once, however many histories it appears in.
+    rendered = {
+        row.Index: render_item(row.title, row.categories, row.attributes)
+        for row in items.loc[top["item_id"].unique()].itertuples()
+    }
 
     rows = []
     for user_id, group in top.groupby("user_id", sort=True):
-        lines = [
-            f"{i}. {render_item(r.title, r.categories, r.attributes)}"
-            for i, r in enumerate(group.itertuples(index=False), start=1)
-        ]
-        text = "\n".join(lines)
+        text = "\n".join(f"{i}. {rendered[item_id]}" for i, item_id in enumerate(group["item_id"], start=1))
         categories = sorted({c for value in group["categories"] for c in split_categories(value)})
         rows.append(
             {
@@ -97,6 +103,8 @@ def build_histories(settings: Settings, ds: str) -> dict:
                 "history_text": text,
                 "item_ids": list(group["item_id"]),
                 "categories": categories,
+                # The text is all a keyword prompt sees of a history, so it is what the hash covers: a new
+                # event that changes the top items, or an edited title or attribute, changes it.
                 "history_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
                 "n_events": int(totals.at[user_id, "n_events"]),
                 "engagement": int(totals.at[user_id, "engagement"]),

@@ -72,3 +72,24 @@ def test_history_is_numbered_capped_and_hashed(settings):
     changed = stage(settings, rows + [("u1", "i0", "purchase", 1.0)], titles)
     assert changed.at["u1", "history_hash"] != first_hash
     assert changed.at["u2", "history_hash"] == histories.at["u2", "history_hash"]
+
+
+def test_hash_follows_the_rendered_history_not_the_run(settings):
+    rows = [("u1", "i0", "purchase", 5.0), ("u1", "i1", "view", 1.0), ("u2", "i1", "click", 3.0)]
+    titles = {"i0": "Film 0", "i1": "Film 1", "i2": "Film 2"}
+    first = stage(settings, rows, titles)
+    # An edited title shows in the prompt, so it changes the hash of every history that holds the item.
+    retitled = stage(settings, rows, {**titles, "i1": "Film One"})
+    assert (retitled["history_hash"] != first["history_hash"]).all()
+    # Events that do not change the top items (more views of a shown item) leave it alone.
+    more_views = stage(settings, rows + [("u2", "i1", "view", 1.0)], titles)
+    assert more_views.at["u2", "history_hash"] == first.at["u2", "history_hash"]
+    assert more_views.at["u2", "n_events"] == 2
+
+
+def test_events_for_items_missing_from_the_catalog_are_left_out(settings):
+    rows = [("u1", "ghost", "purchase", 99.0), ("u1", "i0", "view", 1.0), ("u2", "ghost", "view", 1.0)]
+    histories = stage(settings, rows, {"i0": "Film 0"})
+    assert list(histories.index) == ["u1"]
+    assert histories.at["u1", "history_text"] == "1. Film 0 (Drama, Romance): dark, 1990s"
+    assert list(histories.at["u1", "item_ids"]) == ["i0"]

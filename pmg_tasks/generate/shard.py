@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import posixpath
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -191,7 +190,7 @@ def find_written_creatives(
     stored: set[str] = set()
     # One listing per campaign, not one lookup per candidate: listings are cheap in both stores.
     for campaign_id in sorted({request.campaign_id for request in requests}):
-        stored.update(store.list_keys(_campaign_prefix(ds, campaign_id)))
+        stored.update(store.list_keys(layout.campaign_creatives_prefix(ds, campaign_id)))
     written = {}
     for request in requests:
         found = [c for c in candidates[request.signature] if _image_key(ds, c) in stored]
@@ -294,10 +293,6 @@ def _creative(ds: str, candidate: Candidate, score: CandidateScore, rank: int) -
 
 def _image_key(ds: str, candidate: Candidate) -> str:
     return layout.creative_key(ds, candidate.request.campaign_id, candidate.creative_id)
-
-
-def _campaign_prefix(ds: str, campaign_id: str) -> str:
-    return posixpath.dirname(layout.creative_key(ds, campaign_id, "_")) + "/"
 
 
 def _png_text(creative: Creative) -> dict[str, str]:

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from pmg_tasks.demo.run import DAGS_FOLDER
+from pmg_tasks.settings import Settings
 
 HEAVY_LIBRARIES = ("torch", "diffusers", "transformers", "great_expectations", "torch_geometric", "pandas",
                    "duckdb", "pyarrow", "boto3")
@@ -46,7 +47,7 @@ def test_parsing_imports_no_heavy_library():
 def test_every_task_retries_and_the_dag_is_tagged(nightly):
     assert nightly.tags and "pmg" in nightly.tags
     for task in nightly.tasks:
-        assert task.retries >= 1, f"{task.task_id} has no retries"
+        assert task.retries == Settings().pools.task_retries >= 1, f"{task.task_id} has no retries"
         assert task.execution_timeout is not None, f"{task.task_id} has no execution timeout"
 
 
@@ -57,9 +58,11 @@ def test_wiring_follows_the_nightly_flow(nightly):
         "extract": set(),
         "validate": {"extract"},
         "histories": {"validate"},
-        "keywords": {"histories"},
+        "keyword_shards": {"histories"},
+        "keywords": {"keyword_shards"},
+        "merge_keywords": {"keywords"},
         "preference_tokens": {"histories"},
-        "plan": {"keywords", "preference_tokens"},
+        "plan": {"merge_keywords", "preference_tokens"},
         "generate": {"plan"},
         "publish": {"generate"},
     }
@@ -68,13 +71,13 @@ def test_wiring_follows_the_nightly_flow(nightly):
 def test_expensive_stages_run_in_their_pools_and_generation_fans_out(nightly):
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
-    from pmg_tasks.settings import Settings
-
     settings = Settings()
     generate = nightly.get_task("generate")
     assert isinstance(generate, MappedOperator)
     assert generate.pool == settings.pools.gpu
-    assert nightly.get_task("keywords").pool == settings.pools.llm
+    keywords = nightly.get_task("keywords")
+    assert isinstance(keywords, MappedOperator)
+    assert keywords.pool == settings.pools.llm
 
 
 def test_publish_emits_the_manifest_asset(nightly):

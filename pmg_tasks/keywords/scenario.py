@@ -1,0 +1,79 @@
+"""Scenarios: what to extract for one kind of creative, as data (`scenarios/<name>.yaml`).
+
+A scenario names the attributes PMG extracts preference keywords for (a movie poster: genre, era, style,
+mood, country), the task instruction, the integrate instruction, the target-item instruction and an output
+example, the parts of PMG's prompt template. Its digest is part of the prompt version, so editing a scenario
+re-extracts every user on the next night instead of serving keywords extracted under the old wording.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+
+
+class Attribute(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME.pattern)
+    description: str = Field(min_length=1, max_length=200)
+    examples: tuple[str, ...] = Field(default=(), max_length=8)
+
+
+class Scenario(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME.pattern)
+    version: int = Field(ge=1)
+    item_noun: str = Field(min_length=1, max_length=40, description="what the history lists: movies, products")
+    task: str = Field(min_length=1, max_length=1000)
+    attributes: tuple[Attribute, ...] = Field(min_length=1, max_length=12)
+    integrate: str = Field(min_length=1, max_length=1000)
+    target: str = Field(min_length=1, max_length=1000)
+    target_example: tuple[str, ...] = Field(min_length=1, max_length=8)
+    output_example: dict[str, tuple[str, ...]]
+
+    @model_validator(mode="after")
+    def _example_names_the_attributes(self) -> Scenario:
+        names = [a.name for a in self.attributes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"attribute names repeat: {names}")
+        if set(self.output_example) != set(names):
+            raise ValueError(f"output_example must have exactly the attributes {names}")
+        return self
+
+    @property
+    def attribute_names(self) -> list[str]:
+        return [a.name for a in self.attributes]
+
+    def digest(self) -> str:
+        """A short hash of everything that shapes the prompts."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def available_scenarios() -> list[str]:
+    return sorted(p.stem for p in SCENARIOS_DIR.glob("*.yaml"))
+
+
+@functools.cache
+def load_scenario(name: str) -> Scenario:
+    """The scenario `scenarios/<name>.yaml`, validated."""
+    import yaml
+
+    if not _NAME.match(name) or not (SCENARIOS_DIR / f"{name}.yaml").is_file():
+        raise ValueError(
+            f"unknown keyword scenario {name!r}; choose one of {available_scenarios()} (PMG_KEYWORDS__SCENARIO)"
+        )
+    raw = yaml.safe_load((SCENARIOS_DIR / f"{name}.yaml").read_text())
+    scenario = Scenario.model_validate(raw)
+    if scenario.name != name:
+        raise ValueError(f"scenarios/{name}.yaml names itself {scenario.name!r}")
+    return scenario
