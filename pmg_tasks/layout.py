@@ -23,8 +23,12 @@ def creatives_prefix(ds: str) -> str:
     return f"creatives/ds={ds}/"
 
 
+def campaign_creatives_prefix(ds: str, campaign_id: str) -> str:
+    return f"{creatives_prefix(ds)}campaign={campaign_id}/"
+
+
 def creative_key(ds: str, campaign_id: str, creative_id: str) -> str:
-    return f"{creatives_prefix(ds)}campaign={campaign_id}/{creative_id}.png"
+    return f"{campaign_creatives_prefix(ds, campaign_id)}{creative_id}.png"
 
 
 def manifest_key(ds: str, campaign_id: str) -> str:
@@ -39,8 +43,23 @@ def report_key(ds: str) -> str:
     return f"reports/ds={ds}/index.html"
 
 
-def keyword_cache_key(kind: str, content_hash: str, prompt_version: str, model_id: str) -> str:
-    return f"cache/keywords/{kind}/{model_id}/{prompt_version}/{content_hash}.json"
+def keyword_cache_key(kind: str, content_hash: str, prompt_version: str, model_id: str, scenario: str = "") -> str:
+    """One cached extraction; `model_id` must already be a safe path segment (keywords/cache.py makes it one)."""
+    scope = f"{scenario}/" if scenario else ""
+    return f"cache/keywords/{kind}/{scope}{model_id}/{prompt_version}/{content_hash}.json"
+
+
+def keyword_shard_key(ds: str, kind: str, index: int) -> str:
+    """A keyword task's output: kind is `users` or `items`."""
+    return run_key(ds, f"keywords/{kind}-{index:05d}.parquet")
+
+
+def keyword_shard_stats_key(ds: str, index: int) -> str:
+    return run_key(ds, f"keywords/stats-{index:05d}.json")
+
+
+def keyword_plan_key(ds: str) -> str:
+    return run_key(ds, "keywords/plan.json")
 
 
 GNN_MODELS_PREFIX = "models/gnn/"

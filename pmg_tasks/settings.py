@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# More backends (transformers, openai, vllm) arrive with the keyword issue.
-KeywordBackend = Literal["catalog"]
+# catalog: keywords from item metadata, no model; the others are LLMs (see docs/keywords.md).
+KeywordBackend = Literal["catalog", "transformers", "openai", "vllm"]
 
 
 class ModelPaths(BaseModel):
@@ -35,6 +35,8 @@ class Pools(BaseModel):
     llm_slots: int = 1
     # Celery queue that GPU workers listen on; "default" runs everything on any worker (a laptop).
     gpu_queue: str = "default"
+    task_retries: int = Field(2, ge=0, description="Airflow retries per task (tests set 0 to fail fast)")
+    retry_delay_s: int = Field(120, ge=1, description="first retry delay; doubles each attempt")
 
 
 class Generation(BaseModel):
@@ -50,6 +52,36 @@ class Generation(BaseModel):
     default_alpha: float = Field(0.5, ge=0.0, le=1.0)
 
 
+class Keywords(BaseModel):
+    """How the LLM backends extract keywords (PMG section 3.2); the backend itself is `keyword_backend`.
+    See docs/keywords.md."""
+
+    scenario: str = Field("movie_posters", description="a scenario in pmg_tasks/keywords/scenarios/")
+    model: str = Field("", description="LLM path, hub id or served model name; default: models.llm")
+    model_id: str = Field("", description="the model's name in cache keys; default: model")
+    prompt_version: str = Field("", description="salt for the prompt version: change it to re-extract all")
+    endpoint_url: str = Field("", description="OpenAI-compatible base URL (openai backend), e.g. http://vllm:8000/v1")
+    api_key_env: str = Field("", description="name of the environment variable that holds the endpoint's key")
+    concurrency: int = Field(8, ge=1, description="HTTP requests and cache reads in flight")
+    timeout_s: float = Field(60.0, gt=0, description="per HTTP request")
+    retries: int = Field(3, ge=0, description="extra attempts after a timeout, 429 or 5xx")
+    backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles each attempt")
+    batch_size: int = Field(16, ge=1, description="prompts per transformers generate() call")
+    max_new_tokens: int = Field(128, ge=8)
+    users_per_shard: int = Field(5000, ge=1, description="users per mapped keyword task")
+    max_shards: int = Field(64, ge=1, description="keeps the map far below Airflow's max_map_length")
+    max_failed_fraction: float = Field(0.2, ge=0.0, le=1.0, description="unanswered requests that fail a shard")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm backend")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vllm backend")
+    max_model_len: int = Field(4096, ge=256, description="vllm backend")
+
+    def api_key(self) -> str:
+        """The endpoint's key, read from the variable `api_key_env` names (never stored in settings)."""
+        import os
+
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PMG_", env_nested_delimiter="__", extra="ignore")
 
@@ -63,10 +95,13 @@ class Settings(BaseSettings):
     models: ModelPaths = ModelPaths()
     pools: Pools = Pools()
     generation: Generation = Generation()
+    keywords: Keywords = Keywords()
 
     lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")
     history_length: int = Field(5, ge=1, description="engaged items per user history (PMG uses 5)")
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0, description="validation stops the run above this")
+    duckdb_memory_limit: str = Field("2GB", description="DuckDB working memory in extract/validate/import; beyond it DuckDB spills to disk")
+    gx_max_rows: int = Field(250_000, ge=1, description="Great Expectations runs on a systematic sample above this many events")
     keyword_backend: KeywordBackend = "catalog"
     keywords_per_user: int = Field(8, ge=1)
     token_levels: int = Field(2, ge=1, description="residual quantization levels")
