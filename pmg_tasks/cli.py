@@ -4,6 +4,8 @@
     pmg demo seed                       seed the embedded warehouse and a campaigns file
     pmg models build-test-size --out D  tiny random models for every role, saved with save_pretrained
     pmg settings                        the effective settings, as PMG_* variables
+    pmg import movielens DIR            import a MovieLens folder into the warehouse
+    pmg import events FILE --map T=S    import a CSV/Parquet clickstream through a column mapping
 """
 
 from __future__ import annotations
@@ -108,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("settings", help="print the effective settings as PMG_* variables")
 
+    from pmg_tasks.importers.cli import add_import_commands
+
+    add_import_commands(commands)
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -117,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         seeded = seed_demo(Settings(), args.ds, args.users, args.items, args.days, args.overwrite_campaigns)
         print(seeded)
         return 0
+    if args.command == "import":
+        from pmg_tasks.importers.cli import run_import
+
+        return run_import(args)
     if args.command == "models":
         from pmg_tasks.models.test_size import build_test_size_models
 

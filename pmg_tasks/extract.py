@@ -1,13 +1,34 @@
-"""Stage 1, extract: the run's window of clickstream events and the item catalog, into Parquet."""
+"""Stage 1, extract: the run's window of clickstream events and the item catalog, into Parquet.
+
+Writes, under runs/ds=.../:
+
+    events.parquet            events with event_ts in the run's window, ordered by (event_ts, event_id, ...)
+    items.parquet             the item catalog, cleaned (validation/items.py), one row per item_id
+    items_quarantine.parquet  catalog rows that broke a hard item rule, with rule and reason
+    items_validation.json     the catalog's counts: extracted, valid, quarantined, per rule, fixes, flags
+
+Events are read for the window [window_start, window_end) that the run date and the lookback define
+(extraction_window.py), never from Airflow's data interval, so a rerun of a date reads the same rows and
+writes the same bytes. On DuckDB the rows go from the engine into the Parquet file without passing through
+Python; on other engines they stream through a server-side cursor, `chunk_rows` at a time. Either way
+memory stays bounded whatever the window holds.
+
+The catalog is validated here, where it is first materialised: downstream stages read items.parquet, so it
+is written once, already clean, by the stage that owns it; event validation then quarantines events whose
+item was quarantined (rule item_quarantined).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+import time
 from typing import TYPE_CHECKING
 
 from pmg_tasks.extraction_window import extraction_window
 from pmg_tasks.layout import run_key
-from pmg_tasks.store import ObjectStore, open_store
+from pmg_tasks.store import ObjectStore, open_store, write_json
+from pmg_tasks.validation.items import CatalogCheck, check_catalog, items_quarantine_schema
 from pmg_tasks.warehouse import Warehouse, connect, events_schema, items_schema, load_sql
 
 if TYPE_CHECKING:
@@ -17,47 +38,115 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ITEM_CHUNK_ROWS = 10_000
+
 
 def extract_clickstream(settings: Settings, ds: str, chunk_rows: int = 500_000) -> dict:
-    """Write `events.parquet` (events with event_ts in the run's window) and `items.parquet`.
-
-    The window comes from the run date and the lookback, never from Airflow's data interval, so a rerun
-    of the same date reads the same rows and writes the same bytes.
-    """
+    """Write events.parquet (events with event_ts in the run's window), the cleaned items.parquet and the
+    catalog's quarantine and report. Returns counts and keys (small enough for XCom)."""
     window_start, window_end = extraction_window(ds, settings.lookback_days)
     store = open_store(settings)
+    keys = {
+        "events": run_key(ds, "events.parquet"),
+        "items": run_key(ds, "items.parquet"),
+        "items_quarantine": run_key(ds, "items_quarantine.parquet"),
+        "items_report": run_key(ds, "items_validation.json"),
+    }
+    started = time.monotonic()
     with connect(settings) as warehouse:
-        events = _stream_to_parquet(
-            warehouse, store, run_key(ds, "events.parquet"), load_sql("extract_events.sql"),
-            {"window_start": window_start, "window_end": window_end}, events_schema(), chunk_rows,
+        events = _extract_events(
+            warehouse,
+            store,
+            keys["events"],
+            {"window_start": window_start, "window_end": window_end},
+            chunk_rows,
         )
-        items = _stream_to_parquet(
-            warehouse, store, run_key(ds, "items.parquet"), load_sql("extract_items.sql"), {},
-            items_schema(), chunk_rows,
+        log.info(
+            "extracted %d events in [%s, %s) (%.1f s)",
+            events,
+            window_start,
+            window_end,
+            time.monotonic() - started,
         )
-    log.info("extracted %d events in [%s, %s) and %d items", events, window_start, window_end, items)
+        catalog = _extract_items(warehouse, store, keys["items"], keys["items_quarantine"])
+    report = catalog.report()
+    write_json(store, keys["items_report"], report)
+    log.info(
+        "extracted %d items: %d kept, %d quarantined", catalog.extracted, catalog.valid, catalog.quarantined
+    )
+    for name, count in report["by_rule"].items():
+        if count:
+            log.warning("quarantined %d catalog rows: %s", count, name)
+    for name, count in {**report["fixes"], **report["flags"]}.items():
+        if count:
+            log.info("catalog: %d items %s", count, name.replace("_", " "))
     return {
         "events": events,
-        "items": items,
+        "items": catalog.valid,
         "window_start": window_start.isoformat(),
         "window_end": window_end.isoformat(),
-        "events_key": run_key(ds, "events.parquet"),
-        "items_key": run_key(ds, "items.parquet"),
+        "events_key": keys["events"],
+        "items_key": keys["items"],
+        "items_extracted": catalog.extracted,
+        "items_quarantined": catalog.quarantined,
+        "items_quarantine_key": keys["items_quarantine"],
+        "items_report_key": keys["items_report"],
     }
 
 
-def _stream_to_parquet(
-    warehouse: Warehouse, store: ObjectStore, key: str, sql: str, params: dict, schema: pa.Schema,
-    chunk_rows: int,
-) -> int:
+def _extract_events(warehouse: Warehouse, store: ObjectStore, key: str, params: dict, chunk_rows: int) -> int:
+    sql = load_sql("extract_events.sql")
+    with store.writing(key) as path:
+        if not warehouse.is_duckdb:
+            batches = warehouse.stream(sql, params, chunk_rows, events_schema())
+            return _stream_to_parquet(batches, path, events_schema())
+        with warehouse.snapshot():
+            # Sorting is most of the cost of a big window; a table appended in time order needs none.
+            if not warehouse.fetch_rows(load_sql("duckdb_events_in_order.sql"), params):
+                log.info("the window is stored in (event_ts, event_id) order: extracting without a sort")
+                sql = without_order_by(sql)
+            return warehouse.copy_to_parquet(sql, params, path, events_schema())
+
+
+def without_order_by(sql: str) -> str:
+    """`sql` without its final ORDER BY clause (our own queries only: it must be the last clause)."""
+    stripped = re.sub(r"\s+ORDER\s+BY\s[^;]*?;?\s*$", "", sql.strip(), flags=re.IGNORECASE | re.DOTALL)
+    if stripped == sql.strip():
+        raise ValueError("the query has no final ORDER BY clause")
+    return stripped
+
+
+def _stream_to_parquet(batches, path, schema: pa.Schema) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = 0
-    with store.writing(key) as path, pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        for batch in warehouse.stream(sql, params, chunk_rows=chunk_rows):
-            # Cast to the declared schema: engines disagree on widths (timestamp units, decimals).
-            table = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
-            writer.write_table(table, row_group_size=chunk_rows)
-            rows += table.num_rows
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for batch in batches:
+            # One row group per batch: batches have a fixed size, so equal rows make equal bytes.
+            writer.write_table(
+                pa.Table.from_batches([batch], schema=schema), row_group_size=max(batch.num_rows, 1)
+            )
+            rows += batch.num_rows
     return rows
+
+
+def _extract_items(
+    warehouse: Warehouse, store: ObjectStore, items_key: str, quarantine_key: str
+) -> CatalogCheck:
+    import pyarrow.parquet as pq
+
+    state = CatalogCheck()
+    rows = warehouse.stream_rows(load_sql("extract_items.sql"), {}, chunk_rows=ITEM_CHUNK_ROWS)
+    with (
+        store.writing(items_key) as items_path,
+        store.writing(quarantine_key) as quarantine_path,
+        pq.ParquetWriter(items_path, items_schema(), compression="zstd") as items_writer,
+        pq.ParquetWriter(quarantine_path, items_quarantine_schema(), compression="zstd") as quarantine_writer,
+    ):
+        for kept, quarantined in check_catalog(rows, state):
+            if kept.num_rows:
+                items_writer.write_table(kept)
+            if quarantined.num_rows:
+                quarantine_writer.write_table(quarantined)
+    return state

@@ -101,14 +101,31 @@ class Settings(BaseSettings):
     history_length: int = Field(5, ge=1, description="engaged items per user history (PMG uses 5)")
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0, description="validation stops the run above this")
     duckdb_memory_limit: str = Field("2GB", description="DuckDB working memory in extract/validate/import; beyond it DuckDB spills to disk")
-    gx_max_rows: int = Field(250_000, ge=1, description="Great Expectations runs on a systematic sample above this many events")
+    gx_max_rows: int = Field(100_000, ge=1, description="Great Expectations runs on a systematic sample above this many events")
     keyword_backend: KeywordBackend = "catalog"
     keywords_per_user: int = Field(8, ge=1)
     token_levels: int = Field(2, ge=1, description="residual quantization levels")
-    token_codes: int = Field(8, ge=2, description="codes per level")
-    gnn_dim: int = Field(32, ge=4)
-    gnn_layers: int = Field(2, ge=1)
-    gnn_epochs: int = Field(30, ge=1)
+    token_codes: int = Field(16, ge=2, description="codes per level (docs/preference_graph.md: why 2 x 16)")
+    gnn_dim: int = Field(128, ge=4)
+    gnn_layers: int = Field(3, ge=1)
+    gnn_epochs: int = Field(40, ge=1, description="most epochs of a full retrain; early stopping ends most sooner")
+    # The preference GNN's training (docs/preference_graph.md has the measurements behind the defaults).
+    gnn_learning_rate: float = Field(0.01, gt=0, description="Adam step size of a full (cold) training")
+    gnn_batch_size: int = Field(8192, ge=1, description="BPR pairs per step")
+    gnn_negative_candidates: int = Field(8, ge=1, description="random items per positive; the hardest is the negative")
+    gnn_l2: float = Field(1e-4, ge=0)
+    gnn_recency_half_life: float = Field(20.0, ge=0, description="a user's interactions until an edge weighs half; 0: off")
+    gnn_validation_fraction: float = Field(0.1, ge=0, lt=1, description="each user's latest interactions held out")
+    gnn_validation_min_items: int = Field(10, ge=2, description="users with fewer items hold nothing out")
+    gnn_patience: int = Field(8, ge=1, description="epochs without a better validation Recall@20 before stopping")
+    gnn_warm_learning_rate: float = Field(0.003, gt=0, description="Adam step size of a nightly warm start")
+    gnn_warm_epochs: int = Field(3, ge=1, description="epochs of a nightly warm start")
+    gnn_full_retrain_weekday: int = Field(6, ge=-1, le=6, description="0=Monday..6=Sunday retrains from scratch; -1: never")
+    gnn_image_features: Literal["histogram", "clip"] = Field("histogram", description="clip needs models.clip")
+    # 1: the GNN runs beside the keyword stage, and on a busy 2-core machine two OpenMP threads made an Adam
+    # step 12x slower than one (docs/preference_graph.md).
+    torch_threads: int = Field(1, ge=1, description="intra-op threads of CPU training")
+    movielens_dir: str = Field("", description="MovieLens CSVs for the preference-graph evaluation only")
     seed: int = 0
 
     @model_validator(mode="after")

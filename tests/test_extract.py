@@ -83,3 +83,15 @@ def test_window_boundaries_are_half_open(settings):
     extract_clickstream(settings.model_copy(update={"lookback_days": 1}), "2026-11-20")
     events = read_frame(open_store(settings), run_key("2026-11-20", "events.parquet"))
     assert events["event_id"].tolist() == ["first", "last"]
+
+
+def test_catalog_is_validated_and_reported_at_extraction(seeded_settings, run_date):
+    from pmg_tasks.store import read_json, read_table
+
+    result = extract_clickstream(seeded_settings, run_date)
+    store = open_store(seeded_settings)
+    assert (result["items"], result["items_extracted"], result["items_quarantined"]) == (40, 40, 0)
+    assert read_table(store, result["items_quarantine_key"]).num_rows == 0
+    report = read_json(store, result["items_report_key"])
+    assert (report["extracted"], report["valid"], report["quarantined"]) == (40, 40, 0)
+    assert set(report["by_rule"]) >= {"duplicate_item_id", "title_missing", "attributes_not_json"}

@@ -35,9 +35,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SUITE_NAME = "pmg_events"
-# Above this many events GX runs on a systematic sample (every k-th row in file order) of at most this
-# many rows: GX's pandas engine holds the frame in memory, ~0.5 s per expectation per million rows.
-GX_MAX_ROWS = 1_000_000
+# Above settings.gx_max_rows events GX runs on a systematic sample (every k-th row in file order) of at
+# most that many rows: GX's pandas engine holds the frame in memory, ~0.5 s per expectation per million rows.
 _REQUIRED_IDS = ("event_id", "user_id", "item_id")
 
 

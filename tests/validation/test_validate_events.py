@@ -364,3 +364,25 @@ def test_other_text_encodings_and_extra_columns_are_accepted(settings, store, pu
     assert read_table(store, VALID_KEY).schema == events_schema()
     assert read_json(store, REPORT_KEY)["ignored_columns"] == ["country"]
     assert pq.read_schema(store.path(QUARANTINE_KEY)).names[-1] == "reason"
+
+
+def test_gx_in_a_worker_process_writes_the_same_report(settings, store, put_inputs, corpus, monkeypatch):
+    """Big windows run GX in a worker process (its import overlaps the row work): same report, same bytes."""
+    from pmg_tasks.validation import stage
+
+    put_inputs(corpus["rows"])
+    validate_events(settings, DS, now=NOW)
+    in_process = store.get_bytes(REPORT_KEY)
+
+    workers = []
+
+    class SpyWorker(stage.GxWorker):
+        def run(self, *args, **kwargs):
+            workers.append(self)
+            return super().run(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "_use_gx_worker", lambda extracted: True)
+    monkeypatch.setattr(stage, "GxWorker", SpyWorker)
+    validate_events(settings, DS, now=NOW)
+    assert len(workers) == 1 and workers[0].process.returncode == 0
+    assert store.get_bytes(REPORT_KEY) == in_process
