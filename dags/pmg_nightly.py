@@ -1,8 +1,10 @@
 """pmg_nightly: last night's clickstream in, personalized creatives and their scores out.
 
-    extract -> validate -> histories -+-> keyword_shards -> keywords (one per user shard) -> merge_keywords -+-> plan
-                                      +-> preference_tokens ---------------------------------------------------+
-    plan -> generate (one task per shard) -> publish
+    extract -> validate -> histories -> keyword_shards -> keywords (one per user shard) -> merge_keywords
+      -> preference_tokens -> plan -> generate (one task per shard) -> publish
+
+preference_tokens waits for the keywords: it describes each token by the keywords of the users behind it,
+so a rerun must see the same keywords to write the same descriptors.
 
 Wiring only: every stage is a plain function in pmg_tasks, and heavy libraries load inside task bodies.
 A run triggered on day D processes day D - 1, the last complete one; `params.ds` reprocesses any date.
@@ -135,9 +137,8 @@ def pmg_nightly():
     generated = generate.partial(day=day).expand(shard_index=shards)
     published = publish(day)
 
-    extracted >> validated >> built >> [user_shards, tokens]
-    user_keywords >> merged
-    [merged, tokens] >> shards
+    extracted >> validated >> built >> user_shards
+    user_keywords >> merged >> tokens >> shards
     generated >> published
 
 

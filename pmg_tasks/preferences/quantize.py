@@ -108,3 +108,39 @@ def _kmeans(points: Tensor, centroids: Tensor, iterations: int) -> Tensor:
             break
         centroids = updated
     return centroids
+
+
+def align_codes(codebooks: Tensor, codes: Tensor, previous_codes: Tensor) -> tuple[Tensor, Tensor]:
+    """Renumbers each level's codes so they agree with `previous_codes` for as many users as possible.
+
+    `codes` and `previous_codes` are `[n, levels]` for the same n users (last night's codes of the users
+    both nights share). Codes are matched greedily by how many users they share, most first; unmatched codes
+    keep their order. Returns the permuted codebooks and the renumbered codes: the same quantizer, named so
+    that a retrained model's tokens still mean last night's segments where it can.
+    """
+    aligned_books, aligned_codes = codebooks.clone(), codes.clone()
+    levels, count = codebooks.shape[0], codebooks.shape[1]
+    for level in range(levels):
+        overlap = torch.zeros(count, count, dtype=torch.long)
+        if previous_codes.shape[0]:
+            overlap.index_put_(
+                (codes[:, level], previous_codes[:, level]),
+                torch.ones(codes.shape[0], dtype=torch.long),
+                accumulate=True,
+            )
+        label = torch.full((count,), -1, dtype=torch.long)
+        taken = torch.zeros(count, dtype=torch.bool)
+        # Ties go to the lower code numbers: a stable order makes the renumbering reproducible.
+        for flat in torch.argsort(-overlap.flatten(), stable=True).tolist():
+            new, old = divmod(flat, count)
+            if overlap[new, old] == 0:
+                break
+            if label[new] < 0 and not taken[old]:
+                label[new], taken[old] = old, True
+        free = iter(torch.nonzero(~taken).flatten().tolist())
+        for new in range(count):
+            if label[new] < 0:
+                label[new] = next(free)
+        aligned_books[level][label] = codebooks[level]
+        aligned_codes[:, level] = label[codes[:, level]]
+    return aligned_books, aligned_codes

@@ -61,8 +61,8 @@ def test_wiring_follows_the_nightly_flow(nightly):
         "keyword_shards": {"histories"},
         "keywords": {"keyword_shards"},
         "merge_keywords": {"keywords"},
-        "preference_tokens": {"histories"},
-        "plan": {"merge_keywords", "preference_tokens"},
+        "preference_tokens": {"merge_keywords"},
+        "plan": {"preference_tokens"},
         "generate": {"plan"},
         "publish": {"generate"},
     }

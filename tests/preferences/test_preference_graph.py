@@ -99,3 +99,21 @@ def test_unknown_event_type_is_named():
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="event_type"):
         build_interaction_graph(pd.DataFrame({"user_id": ["u1"], "item_id": ["i1"]}))
+
+
+def test_recency_halves_an_edge_every_half_life_of_later_interactions():
+    events = frame(
+        [("u1", "i1", "view"), ("u1", "i2", "view"), ("u1", "i3", "purchase"), ("u2", "i1", "view")]
+    )
+    events["event_ts"] = pd.to_datetime(
+        ["2026-11-20 10:00", "2026-11-20 09:00", "2026-11-20 11:00", "2026-11-01 08:00"]
+    )
+    graph = build_interaction_graph(events, recency_half_life=1.0)
+
+    # u1's order in time: i2, i1, i3; each later interaction halves an edge once more
+    assert edges(graph) == {("u1", "i3"): 4.0, ("u1", "i1"): 0.5, ("u1", "i2"): 0.25, ("u2", "i1"): 1.0}
+
+
+def test_recency_needs_event_times():
+    with pytest.raises(ValueError, match="event_ts"):
+        build_interaction_graph(frame([("u1", "i1", "view")]), recency_half_life=20.0)

@@ -45,7 +45,8 @@ def test_propagation_is_the_layer_mean_of_normalised_neighbour_sums(events, item
 
 def test_bpr_loss_decreases(events, items):
     graph = build_interaction_graph(events, items)
-    losses = train_bpr(new_model(graph), graph, epochs=30, seed=0)
+    # Against uniform negatives: hard negatives get harder as the model learns, so their loss falls less.
+    losses = train_bpr(new_model(graph), graph, epochs=30, seed=0, negative_candidates=1).losses
 
     assert len(losses) == 30
     assert losses[-1] < 0.5 * losses[0]
@@ -83,3 +84,63 @@ def test_ids_without_edges_keep_their_embeddings(events, items):
     train_bpr(model, graph, epochs=5, seed=0)
 
     torch.testing.assert_close(model.user_embedding[TEXT_VIEW].weight[carried], before)
+
+
+def test_early_stopping_keeps_the_best_epochs_weights(held_out, items):
+    from pmg_tasks.preferences.evaluate import RankingTask
+    from pmg_tasks.preferences.train import validation_recall
+
+    graph, users, held = held_out
+    task = RankingTask(
+        graph.num_users,
+        graph.num_items,
+        torch.tensor(graph.edge_user),
+        torch.tensor(graph.edge_item),
+        users,
+        held,
+    )
+    model = new_model(graph)
+    result = train_bpr(model, graph, epochs=60, seed=0, validation=task, patience=3)
+
+    assert len(result.validation) == result.epochs == len(result.losses) == len(result.seconds)
+    assert result.validation[result.best_epoch - 1] == max(result.validation)
+    assert result.epochs <= result.best_epoch + 3
+    assert result.stopped_early == (result.epochs < 60)
+    assert validation_recall(model, graph_tensors(graph), task) == pytest.approx(max(result.validation))
+
+
+def test_the_hardest_candidate_is_the_negative(events, items):
+    from pmg_tasks.preferences.train import hardest_negatives
+
+    graph = build_interaction_graph(events, items)
+    model = new_model(graph)
+    tensors = graph_tensors(graph)
+    embeddings = model(tensors.adjacency, tensors.item_features)
+    users = torch.tensor([0, 1, 2])
+    candidates = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]])
+    chosen = hardest_negatives(model, embeddings, users, candidates)
+
+    scores = model.score(embeddings, users.repeat_interleave(4), candidates.flatten()).view(3, 4)
+    assert chosen.tolist() == candidates.gather(1, scores.argmax(dim=1, keepdim=True)).flatten().tolist()
+
+
+def test_the_image_view_adds_nothing_for_items_without_an_image(events, items):
+    import numpy as np
+
+    from pmg_tasks.preferences.graph import IMAGE_VIEW
+
+    with_image = {item: np.full(4, 0.5, dtype=np.float32) for item in items["item_id"][:8]}
+    graph = build_interaction_graph(events, items, image_features=with_image)
+    model = ModalPreferenceGNN(
+        graph.num_users, graph.num_items, 16, 2, {TEXT_VIEW: TEXT_BUCKETS, IMAGE_VIEW: 4}
+    )
+    tensors = graph_tensors(graph)
+    _, image_items = model.split(
+        model(tensors.adjacency, tensors.item_features, tensors.item_mask)[IMAGE_VIEW]
+    )
+
+    in_view = torch.tensor(graph.item_in_view[IMAGE_VIEW])
+    assert not image_items[~in_view].any()
+    assert image_items[in_view].abs().sum(dim=1).gt(0).all()
+    result = train_bpr(model, graph, epochs=3, seed=0)
+    assert all(loss == loss for loss in result.losses)  # no NaN from the masked view

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pmg_tasks.preferences.quantize import (
+    align_codes,
     assign_codes,
     fit_residual_codebooks,
     preference_tokens,
@@ -84,3 +85,26 @@ def test_tokens_and_segments():
     assert all(re.fullmatch(r"<pref_txt_\d+_\d+>", token) for row in tokens for token in row)
     assert segment_id(tokens[0]) == segment_id(tokens[1]) != segment_id(tokens[2])
     assert re.fullmatch(r"[0-9a-f]{12}", segment_id(tokens[0]))
+
+
+def test_alignment_renumbers_codes_to_last_nights_and_keeps_the_quantizer(preferences):
+    codebooks = fit_residual_codebooks(preferences, levels=2, codes=8, seed=0)
+    codes = assign_codes(preferences, codebooks)
+    # Last night the same users had the same groups under other numbers.
+    renumber = torch.tensor([3, 7, 0, 1, 6, 2, 5, 4])
+    previous = renumber[codes]
+    aligned_books, aligned = align_codes(codebooks, codes, previous)
+
+    assert torch.equal(aligned, previous)
+    assert torch.equal(assign_codes(preferences, aligned_books), aligned)
+    torch.testing.assert_close(reconstruct(aligned, aligned_books), reconstruct(codes, codebooks))
+
+
+def test_alignment_without_overlap_keeps_every_code_distinct(preferences):
+    codebooks = fit_residual_codebooks(preferences, levels=1, codes=8, seed=0)
+    codes = assign_codes(preferences, codebooks)
+    aligned_books, aligned = align_codes(codebooks, codes, torch.zeros_like(codes))
+
+    assert torch.unique(aligned_books[0], dim=0).shape[0] == 8
+    # the biggest group takes last night's only code
+    assert aligned[codes[:, 0] == torch.mode(codes[:, 0]).values, 0].eq(0).all()

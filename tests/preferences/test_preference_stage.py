@@ -1,3 +1,4 @@
+import datetime as dt
 import re
 import shutil
 import subprocess
@@ -175,3 +176,117 @@ def test_importing_the_stage_loads_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert out.stdout.strip() == "[]"
+
+
+def test_every_token_is_described(settings, store, night_1):
+    update_preference_tokens(settings, NIGHT_1)
+    descriptors = read_frame(store, run_key(NIGHT_1, "token_descriptors.parquet"))
+    tokens = read_frame(store, run_key(NIGHT_1, "preference_tokens.parquet"))
+
+    assert list(descriptors.columns) == [
+        "token", "view", "level", "code", "users", "top_keywords", "top_categories", "description"
+    ]  # fmt: skip
+    used = {token for row in tokens["tokens"] for token in row}
+    assert set(descriptors["token"]) == used
+    level_0 = descriptors[descriptors["level"] == 0]
+    assert level_0["users"].sum() == len(tokens)
+    # The synthetic users each like one cluster, so each level-0 code is mostly one cluster's categories.
+    clusters = [{"outdoor", "hiking"}, {"kitchen", "baking"}, {"audio", "music"}, {"beauty", "skincare"}]
+    assert all(any(set(row[:2]) == c for c in clusters) for row in level_0["top_categories"])
+    assert all(row.size == 0 for row in descriptors["top_keywords"])
+    assert not read_json(store, run_key(NIGHT_1, "preference_graph.json"))["descriptors_use_keywords"]
+
+
+def test_descriptors_use_keywords_when_the_keyword_stage_ran(settings, store, night_1, make_events):
+    users = sorted(make_events(NIGHT_1)["user_id"].unique())
+    words = {0: ["rugged"], 1: ["homemade"], 2: ["loud"], 3: ["glowing"]}
+    keywords = pd.DataFrame(
+        {"user_id": users, "preference_keywords": [words[int(u[-4:]) % 4] for u in users]}
+    )
+    write_table(store, run_key(NIGHT_1, "keywords.parquet"), keywords)
+    update_preference_tokens(settings, NIGHT_1)
+    descriptors = read_frame(store, run_key(NIGHT_1, "token_descriptors.parquet"))
+
+    level_0 = descriptors[descriptors["level"] == 0]
+    assert all(len(row) >= 1 for row in level_0["top_keywords"])
+    assert all(
+        desc.split(", ")[0] in {"rugged", "homemade", "loud", "glowing"} for desc in level_0["description"]
+    )
+    assert read_json(store, run_key(NIGHT_1, "preference_graph.json"))["descriptors_use_keywords"]
+
+
+def test_token_churn_counts_unchanged_users(settings, store, night_1, night_2):
+    update_preference_tokens(settings, NIGHT_1)
+    first = tokens_by_user(store, NIGHT_1)
+    update_preference_tokens(settings, NIGHT_2)
+    second = tokens_by_user(store, NIGHT_2)
+    churn = read_json(store, run_key(NIGHT_2, "preference_graph.json"))["token_churn"]
+
+    # The returning users did exactly the same again: all 50 are unchanged; the 5 newcomers are not counted.
+    assert churn["unchanged_users"] == 50
+    assert churn["changed_tokens"] == sum(second[user] != tokens for user, tokens in first.items())
+    assert churn["share"] == pytest.approx(churn["changed_tokens"] / 50, abs=1e-4)
+
+
+def test_weekly_full_retrain_starts_fresh_but_keeps_code_numbers(settings, store, night_1, night_2):
+    update_preference_tokens(settings, NIGHT_1)
+    first = tokens_by_user(store, NIGHT_1)
+    retrain = settings.model_copy(
+        update={"gnn_full_retrain_weekday": dt.date.fromisoformat(NIGHT_2).weekday()}
+    )
+    result = update_preference_tokens(retrain, NIGHT_2)
+    report = read_json(store, run_key(NIGHT_2, "preference_graph.json"))
+
+    assert result["warm_start_from"] is None
+    assert report["full_retrain"] and not report["warm_started"]
+    assert report["previous_version"] == NIGHT_1
+    assert report["quantization"]["txt"]["codes_aligned_to_previous"]
+    assert not report["codebooks_warm_started"]
+    assert (report["model_users"], report["new_users"]) == (55, 55)
+    assert read_latest_version(store) == NIGHT_2
+    # A fresh model's codes are renumbered after last night's. Measured: 27 of 50 returning users keep their
+    # level-0 token (8 codes over 4 real tastes split differently each fit); 10 without the renumbering.
+    second = tokens_by_user(store, NIGHT_2)
+    kept = sum(second[user][0] == tokens[0] for user, tokens in first.items())
+    assert kept >= 0.4 * len(first), f"only {kept} of {len(first)} kept their level-0 token"
+
+
+def test_full_retrain_stops_early_on_each_users_latest_items(settings, store, make_events, make_items):
+    write_table(
+        store, run_key(NIGHT_1, "events_valid.parquet"), make_events(NIGHT_1, n_items=80, per_user=12)
+    )
+    write_table(store, run_key(NIGHT_1, "items.parquet"), make_items(80))
+    update_preference_tokens(settings.model_copy(update={"gnn_epochs": 60, "gnn_patience": 3}), NIGHT_1)
+    report = read_json(store, run_key(NIGHT_1, "preference_graph.json"))
+
+    assert report["validation_recall@20"] > 0.3
+    assert report["epochs"] <= report["best_epoch"] + 3
+    assert report["stopped_early"] == (report["epochs"] < 60)
+
+
+def test_items_with_images_give_image_tokens(settings, store, night_1, make_items):
+    from tests.preferences.test_preference_images import png
+
+    items = make_items()
+    colours = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]
+    # Only the first 20 items have an image; a picture's colour follows the item's cluster.
+    for index in range(20):
+        store.put_bytes(f"catalog/{index}.png", png(colours[index % 4]))
+    items["image_uri"] = [f"catalog/{index}.png" if index < 20 else None for index in range(len(items))]
+    write_table(store, run_key(NIGHT_1, "items.parquet"), items)
+    update_preference_tokens(settings, NIGHT_1)
+    table = read_table(store, run_key(NIGHT_1, "preference_tokens.parquet"))
+    frame = table.to_pandas()
+    report = read_json(store, run_key(NIGHT_1, "preference_graph.json"))
+
+    assert report["views"] == ["txt", "img"] and report["items_with_image"] == 20
+    assert table.schema.field("img_tokens").type == pa.list_(pa.string())
+    image_users = frame[frame["img_tokens"].map(len) > 0]
+    assert 0 < len(image_users) == report["quantization"]["img"]["users"] <= len(frame)
+    for row in frame.itertuples():
+        assert [t for t in row.tokens if t.startswith("<pref_txt_")] == list(row.txt_tokens)
+        assert [t for t in row.tokens if t.startswith("<pref_img_")] == list(row.img_tokens)
+        assert len(row.img_tokens) in (0, settings.token_levels)
+    assert frame["segment_id"].nunique() == frame["tokens"].map(tuple).nunique()
+    descriptors = read_frame(store, run_key(NIGHT_1, "token_descriptors.parquet"))
+    assert set(descriptors["view"]) == {"txt", "img"}
