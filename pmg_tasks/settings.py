@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     gnn_validation_fraction: float = Field(0.1, ge=0, lt=1, description="each user's latest interactions held out")
     gnn_validation_min_items: int = Field(10, ge=2, description="users with fewer items hold nothing out")
     gnn_patience: int = Field(8, ge=1, description="epochs without a better validation Recall@20 before stopping")
-    gnn_warm_learning_rate: float = Field(0.003, gt=0, description="Adam step size of a nightly warm start")
+    gnn_warm_learning_rate: float = Field(0.006, gt=0, description="Adam step size of a nightly warm start")
     gnn_warm_epochs: int = Field(3, ge=1, description="epochs of a nightly warm start")
     gnn_full_retrain_weekday: int = Field(6, ge=-1, le=6, description="0=Monday..6=Sunday retrains from scratch; -1: never")
     gnn_image_features: Literal["histogram", "clip"] = Field("histogram", description="clip needs models.clip")
