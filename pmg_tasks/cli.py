@@ -41,18 +41,21 @@ def seed_demo(settings: Settings, ds: str, users: int, items: int, days: int, ov
 
 def with_test_size_models(settings: Settings) -> Settings:
     """Settings whose empty model paths point at test-size models in the pmg home (built once)."""
-    if settings.models.diffusion and settings.models.clip and settings.models.llm:
-        return settings
-    from pmg_tasks.models.test_size import build_test_size_models
+    from pmg_tasks.settings import ModelPaths
 
     out = settings.home / "models" / "test-size"
-    built = build_test_size_models(out) if not (out / "diffusion" / "model_index.json").exists() else None
-    paths = built or type(settings.models)(
-        diffusion=str(out / "diffusion"), clip=str(out / "clip"), llm=str(out / "llm")
-    )
-    chosen = settings.models.model_copy(
-        update={role: getattr(paths, role) for role in ("diffusion", "clip", "llm") if not getattr(settings.models, role)}
-    )
+    built = ModelPaths(diffusion=str(out / "diffusion"), clip=str(out / "clip"), llm=str(out / "llm"))
+    roles = [role for role in ("diffusion", "clip", "llm") if not getattr(settings.models, role)]
+    if not roles:
+        return settings
+    # The stamp is written after every role is saved, so an interrupted build is redone, never reused.
+    stamp = out / ".complete"
+    if not stamp.exists():
+        from pmg_tasks.models.test_size import build_test_size_models
+
+        build_test_size_models(out)
+        stamp.touch()
+    chosen = settings.models.model_copy(update={role: getattr(built, role) for role in roles})
     return settings.model_copy(update={"models": chosen})
 
 

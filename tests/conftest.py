@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shutil
 import signal
@@ -88,6 +87,3 @@ def s3_server():
 def run_date() -> str:
     return DS
 
-
-def day_after(ds: str) -> str:
-    return (dt.date.fromisoformat(ds) + dt.timedelta(days=1)).isoformat()

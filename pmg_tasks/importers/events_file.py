@@ -44,7 +44,6 @@ from pmg_tasks.warehouse import EVENT_COLUMNS, Warehouse
 log = logging.getLogger(__name__)
 
 REQUIRED = ("user_id", "item_id", "event_type", "event_ts")
-OPTIONAL = ("event_id", "session_id", "dwell_seconds")
 EXAMPLES = 5
 
 
