@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pmg_tasks.campaigns import Campaign, active_campaigns
 from pmg_tasks.layout import run_key, shard_key
 from pmg_tasks.store import open_store, read_frame, write_json, write_table
-from pmg_tasks.text_safety import clean_keyword, clean_text
+from pmg_tasks.text_safety import Denylist, clean_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,12 +23,6 @@ if TYPE_CHECKING:
     from pmg_tasks.settings import Generation, Settings
 
 log = logging.getLogger(__name__)
-
-
-def allowed(words: list[str], denylist: list[str]) -> list[str]:
-    """Keywords with every denied word removed (a denied word inside a phrase removes the phrase)."""
-    denied = [clean_keyword(d) for d in denylist if clean_keyword(d)]
-    return [w for w in words if not any(d in w for d in denied)]
 
 
 def build_prompt(style: str, title: str, target_words: list[str], preference_words: list[str]) -> str:
@@ -89,9 +83,9 @@ def plan_generation(settings: Settings, ds: str) -> list[int]:
         alpha = generation.default_alpha if campaign.alpha is None else campaign.alpha
         candidates = max(campaign.candidates or generation.candidates_per_request, campaign.variants)
         for user in select_audience(campaign, histories).itertuples(index=False):
-            preference = allowed(list(keywords.at[user.user_id, "preference_keywords"]), campaign.denylist)
+            preference = Denylist(campaign.denylist).keep(keywords.at[user.user_id, "preference_keywords"])
             for item_id in campaign.target_items:
-                target = allowed(list(item_words.get(item_id, [])), campaign.denylist)
+                target = Denylist(campaign.denylist).keep(item_words.get(item_id, []))
                 prompt = build_prompt(campaign.style, items.at[item_id, "title"], target, preference)
                 requests.append(
                     {

@@ -10,7 +10,7 @@ import pytest
 
 from pmg_tasks.campaigns import CampaignError
 from pmg_tasks.layout import manifest_key, report_key, run_key, shard_key, success_key
-from pmg_tasks.plan import allowed, build_prompt, plan_generation
+from pmg_tasks.plan import build_prompt, plan_generation
 from pmg_tasks.publish import publish_run
 from pmg_tasks.settings import Settings
 from pmg_tasks.store import open_store, read_frame, write_table
@@ -36,10 +36,6 @@ def planned(planned_home, tmp_path) -> Settings:
     home = tmp_path / "pmg"
     shutil.copytree(planned_home, home)
     return Settings(home=home)
-
-
-def test_denylist_removes_words_and_phrases():
-    assert allowed(["dark noir", "gore", "retro"], ["Gore", "noir"]) == ["retro"]
 
 
 def test_prompt_puts_the_target_first_and_the_taste_after():

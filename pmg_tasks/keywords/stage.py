@@ -25,6 +25,7 @@ from pmg_tasks.keywords.extraction import CACHEABLE, Extraction, Usage, extract_
 from pmg_tasks.keywords.parsing import normalise
 from pmg_tasks.layout import keyword_plan_key, keyword_shard_key, keyword_shard_stats_key, run_key
 from pmg_tasks.store import open_store, read_frame, read_json, write_json, write_table
+from pmg_tasks.text_safety import Denylist
 
 if TYPE_CHECKING:
 
@@ -329,10 +330,9 @@ def _first_allowed(
     candidates: Sequence[tuple[str, list[str]]], denylist: list[str], limit: int, what: str
 ) -> tuple[list[str], str]:
     """The first candidate list with anything left after normalising and the denylist."""
-    from pmg_tasks.plan import allowed
-
+    denied = Denylist(denylist)
     for source, words in candidates:
-        kept = allowed(normalise(words), denylist)[:limit]
+        kept = denied.keep(normalise(words))[:limit]
         if kept:
             return kept, source
     raise ValueError(f"the active campaigns' denylists {denylist} leave no keyword at all for {what}")

@@ -10,6 +10,7 @@ import pytest
 
 from pmg_tasks.keywords.parsing import normalise
 from pmg_tasks.keywords.stage import (
+    GENERIC_KEYWORDS,
     extract_keyword_shard,
     extract_keywords,
     merge_keywords,
@@ -17,6 +18,7 @@ from pmg_tasks.keywords.stage import (
 )
 from pmg_tasks.layout import run_key
 from pmg_tasks.store import open_store, read_frame, read_json
+from pmg_tasks.text_safety import Denylist
 from tests.keywords.conftest import DS, TARGETS, openai_settings, stage_shop, write_campaigns
 
 NEXT = (dt.date.fromisoformat(DS) + dt.timedelta(days=1)).isoformat()
@@ -33,7 +35,7 @@ def assert_clean(words_per_row, limit: int, denied=()):
         words = list(words)
         assert 0 < len(words) <= limit
         assert normalise(words) == words, "every keyword is already normalised and unique"
-        assert not any(d in w for w in words for d in denied)
+        assert not any(Denylist(denied).denies(w) for w in words)
 
 
 def test_catalog_backend_is_the_default_and_keeps_the_contract(shop):
@@ -62,7 +64,12 @@ def test_denylists_apply_and_a_user_never_ends_empty(shop):
     assert_clean(items["keywords"], shop.keywords_per_user, denied=[*first, "popular"])
     assert keywords["source"].iloc[0] in {"catalog", "generic"}
 
+    # Whole words: single letters deny nothing...
     write_campaigns(shop, denylist=list("abcdefghijklmnopqrstuvwxyz"))
+    extract_keywords(shop, DS)
+    # ...while denying every word anyone could get leaves a user with none, which is an error.
+    every_word = {w for words in [*keywords["preference_keywords"], *items["keywords"]] for w in words}
+    write_campaigns(shop, denylist=[*every_word, *GENERIC_KEYWORDS, *first])
     with pytest.raises(ValueError, match="leave no keyword"):
         extract_keywords(shop, DS)
 
