@@ -5,6 +5,11 @@ Every key a stage reads or writes is spelled here and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
+import re
+
+_SAFE_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
 
 def run_key(ds: str, name: str) -> str:
     """A stage output of one run, e.g. run_key(ds, "events.parquet")."""
@@ -69,3 +74,13 @@ GNN_LATEST_KEY = GNN_MODELS_PREFIX + "LATEST"
 
 def gnn_model_prefix(version: str) -> str:
     return f"{GNN_MODELS_PREFIX}{version}/"
+
+
+ITEM_IMAGES_PREFIX = "catalog/images/"
+
+
+def item_image_key(item_id: str, extension: str = "png") -> str:
+    """Where the catalog image of `item_id` lives in the store (what `items.image_uri` names). An id that
+    is not a safe path segment is named by its hash instead, so no id can reach outside the prefix."""
+    segment = item_id if _SAFE_SEGMENT.match(item_id) else "_" + hashlib.sha256(item_id.encode()).hexdigest()[:20]
+    return f"{ITEM_IMAGES_PREFIX}{segment}.{extension.lstrip('.').lower()}"
