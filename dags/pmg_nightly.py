@@ -1,10 +1,13 @@
 """pmg_nightly: last night's clickstream in, personalized creatives and their scores out.
 
     extract -> validate -> histories -> keyword_shards -> keywords (one per user shard) -> merge_keywords
-      -> preference_tokens -> plan -> generate (one task per shard) -> publish
+      -> preference_tokens -> token_embeddings (GPU) ------------------------------.
+                           -> plan (one generation per segment x target) -> headlines -> generate (one task
+                              per shard, GPU) -> publish
 
 preference_tokens waits for the keywords: it describes each token by the keywords of the users behind it,
-so a rerun must see the same keywords to write the same descriptors.
+so a rerun must see the same keywords to write the same descriptors. token_embeddings (textual inversion of
+the tokens in use) and plan run side by side; generate needs both, and the headlines.
 
 Wiring only: every stage is a plain function in pmg_tasks, and heavy libraries load inside task bodies.
 A run triggered on day D processes day D - 1, the last complete one; `params.ds` reprocesses any date.
@@ -107,6 +110,12 @@ def pmg_nightly():
 
         return update_preference_tokens(Settings(), day)
 
+    @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue)
+    def token_embeddings(day: str) -> dict:
+        from pmg_tasks.tokens.stage import train_token_embeddings
+
+        return train_token_embeddings(Settings(), day)
+
     @task
     def plan(day: str) -> list[int]:
         from pmg_tasks.campaigns import CampaignError
@@ -116,6 +125,12 @@ def pmg_nightly():
             return plan_generation(Settings(), day)
         except CampaignError as error:
             raise _fail_without_retry(error) from error
+
+    @task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
+    def headlines(day: str) -> dict:
+        from pmg_tasks.headlines import write_headlines
+
+        return write_headlines(Settings(), day)
 
     @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue, max_active_tis_per_dag=SETTINGS.pools.gpu_slots)
     def generate(day: str, shard_index: int) -> dict:
@@ -134,12 +149,14 @@ def pmg_nightly():
     user_shards = keyword_shards(day)
     user_keywords = keywords.partial(day=day).expand(shard_index=user_shards)
     merged, tokens, shards = merge_keywords(day), preference_tokens(day), plan(day)
+    embeddings, titles = token_embeddings(day), headlines(day)
     generated = generate.partial(day=day).expand(shard_index=shards)
     published = publish(day)
 
     extracted >> validated >> built >> user_shards
-    user_keywords >> merged >> tokens >> shards
-    generated >> published
+    user_keywords >> merged >> tokens >> [embeddings, shards]
+    shards >> titles
+    [embeddings, titles] >> generated >> published
 
 
 pmg_nightly()

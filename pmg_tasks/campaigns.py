@@ -7,19 +7,25 @@
         end_date: 2026-12-31
         target_items: [m0001, m0042]
         audience: {categories: [Drama], max_users: 500}
+        personalization: segment     # one generation per taste segment; `user`: one per user
         variants: 1
-        alpha: 0.6
+        alpha: 0.6                   # weighs the choice among candidates: 1 = the user's taste, 0 = the item
         style: cinematic poster, warm light
+        negative_prompt: blurry, text
         denylist: [gore]
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pmg_tasks.text_safety import Denylist
 
 CAMPAIGN_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -44,10 +50,20 @@ class Campaign(BaseModel):
     end_date: dt.date
     target_items: list[str] = Field(min_length=1)
     audience: Audience = Audience()
+    # segment: one generation per (segment, target item), shared by the segment's users, each of whom gets
+    # their own best candidates; user: one generation per (user, target item), the user's keywords in it.
+    personalization: Literal["segment", "user"] = "segment"
     variants: int = Field(1, ge=1, le=16, description="creatives kept per user and target item")
     candidates: int | None = Field(None, ge=1, le=64, description="images generated to choose from")
-    alpha: float | None = Field(None, ge=0.0, le=1.0, description="1 = all preference, 0 = all target item")
+    alpha: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="weighs the choice among candidates: 1 = by the user's taste only, 0 = by the item only",
+    )  # fmt: skip
+    consistency_weight: float = Field(
+        0.0, ge=0.0, le=1.0, description="weight of image-headline consistency in the choice; 0 keeps PMG's z"
+    )
     style: str = Field("", max_length=200)
+    negative_prompt: str | None = Field(None, max_length=300, description="default: the scenario's")
     denylist: list[str] = Field(default_factory=list)
 
     @field_validator("campaign_id")
@@ -64,7 +80,19 @@ class Campaign(BaseModel):
             raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
         if self.candidates is not None and self.candidates < self.variants:
             raise ValueError(f"candidates ({self.candidates}) must be at least variants ({self.variants})")
+        # The denylist keeps words out of every prompt, the negative one included: naming a denied word
+        # there to steer away from it would still send it to the model.
+        if self.negative_prompt and Denylist(self.denylist).denies(self.negative_prompt):
+            raise ValueError(
+                "negative_prompt names a word the denylist forbids; the denylist keeps words out of every "
+                "prompt, the negative one included: remove it from one of them"
+            )
         return self
+
+    @functools.cached_property
+    def denied(self) -> Denylist:
+        """The campaign's denylist, compiled once."""
+        return Denylist(self.denylist)
 
     def is_active(self, day: dt.date) -> bool:
         return self.start_date <= day <= self.end_date

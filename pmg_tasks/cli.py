@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import logging
 import sys
@@ -25,11 +26,14 @@ def _yesterday() -> str:
 
 def seed_demo(settings: Settings, ds: str, users: int, items: int, days: int, overwrite_campaigns: bool) -> dict:
     """Seed the warehouse with a synthetic shop whose last day is `ds`; write campaigns if absent."""
-    from pmg_tasks.demo.seed import demo_campaigns_yaml, make_shop, seed_warehouse
+    from pmg_tasks.demo.seed import demo_campaigns_yaml, make_shop, seed_warehouse, write_item_images
+    from pmg_tasks.store import open_store
     from pmg_tasks.warehouse import connect
 
     last_day = dt.date.fromisoformat(ds)
     shop = make_shop(users, items, last_day, days, seed=settings.seed)
+    # Item pictures go to the store first, so every image_uri the warehouse gets names an object.
+    shop = dataclasses.replace(shop, items=write_item_images(open_store(settings), shop.items))
     with connect(settings) as warehouse:
         counts = seed_warehouse(warehouse, shop)
     campaigns = Path(settings.campaigns_file)

@@ -84,3 +84,28 @@ def item_image_key(item_id: str, extension: str = "png") -> str:
     is not a safe path segment is named by its hash instead, so no id can reach outside the prefix."""
     segment = item_id if _SAFE_SEGMENT.match(item_id) else "_" + hashlib.sha256(item_id.encode()).hexdigest()[:20]
     return f"{ITEM_IMAGES_PREFIX}{segment}.{extension.lstrip('.').lower()}"
+
+
+TOKEN_MODELS_PREFIX = "models/tokens/"
+# Names the token-embedding version in force; written last, like the GNN's.
+TOKEN_LATEST_KEY = TOKEN_MODELS_PREFIX + "LATEST"
+# Written last inside a version: its presence is what marks the version complete.
+TOKEN_INDEX_FILE = "tokens.json"
+
+
+def token_model_prefix(version: str) -> str:
+    return f"{TOKEN_MODELS_PREFIX}{version}/"
+
+
+def shard_audience_key(ds: str, index: int) -> str:
+    """The users who choose among the creatives of shard `index`, each by their own preference keywords."""
+    return run_key(ds, f"shards/shard-{index:05d}-audience.parquet")
+
+
+def shard_record_prefix(ds: str, index: int) -> str:
+    """Where a generate task records the requests it finished, a part at a time, so a retry resumes."""
+    return run_key(ds, f"generated/shard-{index:05d}.parts/")
+
+
+def shard_record_part_key(ds: str, index: int, part: int) -> str:
+    return f"{shard_record_prefix(ds, index)}part-{part:05d}.parquet"

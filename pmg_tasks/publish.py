@@ -1,7 +1,11 @@
 """Stage 8, publish: manifests per campaign, the run report, and the success marker, written last.
 
 Recommender teams read `manifests/ds=.../campaign=.../manifest.parquet` once `_SUCCESS` exists; a run that
-fails half-way never leaves a `_SUCCESS` next to manifests it did not finish.
+fails half-way never leaves a `_SUCCESS` next to manifests it did not finish. A manifest has one row per
+(user, target item, rank): many users of a segment may share one creative, which is stored once.
+
+The run date is the `ds=` partition of the path, not a column of the file: every hive-aware reader (pandas,
+pyarrow, DuckDB, Spark) adds it when reading the root, and Spark refuses a column that is both.
 """
 
 from __future__ import annotations
@@ -9,7 +13,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from pmg_tasks.layout import creatives_prefix, manifest_key, report_key, run_key, success_key
+from pmg_tasks.layout import (
+    creatives_prefix,
+    manifest_key,
+    report_key,
+    run_key,
+    shard_result_key,
+    success_key,
+)
 from pmg_tasks.report import render_report
 from pmg_tasks.store import ObjectStore, open_store, read_frame, read_json, write_json, write_table
 
@@ -21,24 +32,39 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = [
-    "ds", "campaign_id", "user_id", "item_id", "segment_id", "creative_id", "image_key", "image_uri", "rank",
-    "seed", "d_p", "d_t", "z", "alpha", "prompt", "preference_keywords", "target_keywords", "signature",
-]
+    "campaign_id", "user_id", "item_id", "rank", "creative_id", "image_key", "image_uri", "segment_id",
+    "personalization", "preference_tokens", "seed", "d_p", "d_t", "consistency", "z", "alpha",
+    "consistency_weight", "headline", "prompt", "negative_prompt", "preference_keywords", "target_keywords",
+    "signature", "diffusion_model", "clip_model", "token_embeddings",
+]  # fmt: skip
+GENERATED_COLUMNS = [
+    "signature", "user_id", "rank", "creative_id", "image_key", "seed", "d_p", "d_t", "consistency", "z",
+    "diffusion_model", "clip_model", "token_embeddings",
+]  # fmt: skip
 
 
-def assemble_manifest(requests: pd.DataFrame, generated: pd.DataFrame, ds: str, store: ObjectStore) -> pd.DataFrame:
-    """One row per planned creative: every request joined to the creatives made for its signature."""
-    missing = requests.loc[~requests["signature"].isin(generated["signature"]), "signature"].unique()
-    if len(missing):
+def assemble_manifest(
+    requests: pd.DataFrame, generations: pd.DataFrame, headlines: pd.DataFrame, generated: pd.DataFrame,
+    store: ObjectStore,
+) -> pd.DataFrame:
+    """One row per planned creative: every (campaign, user, target item) request joined to the creatives its
+    user chose from the request's generation, ranked."""
+    chosen = generated.groupby(["signature", "user_id"]).size()
+    wanted = requests.set_index(["signature", "user_id"])["variants"]
+    short = wanted[chosen.reindex(wanted.index, fill_value=0).to_numpy() < wanted.to_numpy()]
+    if len(short):
+        signature, user_id = short.index[0]
         raise RuntimeError(
-            f"{len(missing)} planned signatures have no generated creatives (e.g. {missing[0]}): "
-            "a generate task did not finish; clear and rerun the failed generate_shard tasks"
+            f"{len(short)} planned (generation, user) pairs have fewer creatives than planned (e.g. user "
+            f"{user_id} of {signature}): a generate task did not finish; clear and rerun the failed generate tasks"
         )
-    manifest = requests.merge(
-        generated[["signature", "creative_id", "image_key", "rank", "seed", "d_p", "d_t", "z"]],
-        on="signature", how="inner", validate="many_to_many",
+    texts = generations[["signature", "prompt", "negative_prompt", "preference_tokens", "target_keywords"]]
+    manifest = (
+        requests.drop(columns=["preference_text", "variants"])
+        .merge(generated[GENERATED_COLUMNS], on=["signature", "user_id"], how="inner", validate="one_to_many")
+        .merge(texts, on="signature", how="left", validate="many_to_one")
+        .merge(headlines[["signature", "headline"]], on="signature", how="left", validate="many_to_one")
     )
-    manifest["ds"] = ds
     manifest["image_uri"] = manifest["image_key"].map(store.url)
     manifest = manifest.sort_values(["campaign_id", "user_id", "item_id", "rank"], ignore_index=True)
     return manifest[MANIFEST_COLUMNS]
@@ -46,18 +72,15 @@ def assemble_manifest(requests: pd.DataFrame, generated: pd.DataFrame, ds: str, 
 
 def publish_run(settings: Settings, ds: str) -> dict:
     """Write the manifests, the report and `_SUCCESS`; return where they are."""
-    import pandas as pd
-
     store = open_store(settings)
     # First take the marker away: readers must not trust this date while it is being rewritten.
     store.delete_prefix(success_key(ds))
 
     requests = read_frame(store, run_key(ds, "requests.parquet"))
-    results = [read_frame(store, key) for key in store.list_keys(run_key(ds, "generated/"))]
-    generated = pd.concat(results, ignore_index=True) if results else pd.DataFrame(
-        columns=["signature", "creative_id", "image_key", "rank", "seed", "d_p", "d_t", "z"]
-    )
-    manifest = assemble_manifest(requests, generated, ds, store)
+    generations = read_frame(store, run_key(ds, "generations.parquet"))
+    headlines = read_frame(store, run_key(ds, "headlines.parquet"))
+    generated = _generated(store, ds)
+    manifest = assemble_manifest(requests, generations, headlines, generated, store)
 
     manifests = {}
     for campaign_id, rows in manifest.groupby("campaign_id", sort=True):
@@ -68,8 +91,12 @@ def publish_run(settings: Settings, ds: str) -> dict:
             store.delete_prefix(key)
 
     stats = _collect_stats(store, ds)
-    stats["manifest"] = {"rows": len(manifest), "campaigns": sorted(manifests), "creatives": int(
-        manifest["creative_id"].nunique())}
+    stats["manifest"] = {
+        "rows": len(manifest),
+        "campaigns": sorted(manifests),
+        "creatives": int(manifest["creative_id"].nunique()),
+        "users": int(manifest["user_id"].nunique()),
+    }
     store.put_bytes(report_key(ds), render_report(ds, manifest, stats).encode())
     write_json(store, run_key(ds, "stats/publish.json"), stats["manifest"])
 
@@ -81,9 +108,26 @@ def publish_run(settings: Settings, ds: str) -> dict:
         "report": store.url(report_key(ds)),
         "success": store.url(success_key(ds)),
     }
-    log.info("published %d manifest rows for %d campaigns; report at %s", len(manifest), len(manifests),
-             locations["report"])
+    log.info(
+        "published %d manifest rows (%d distinct creatives) for %d campaigns; report at %s",
+        len(manifest), stats["manifest"]["creatives"], len(manifests), locations["report"],
+    )  # fmt: skip
     return {"rows": len(manifest), "campaigns": sorted(manifests), **locations}
+
+
+def _generated(store: ObjectStore, ds: str) -> pd.DataFrame:
+    """Every planned shard's result table; names the shards without one."""
+    import pandas as pd
+
+    shards = read_json(store, run_key(ds, "stats/plan.json"))["shards"]
+    missing = [i for i in range(shards) if not store.exists(shard_result_key(ds, i))]
+    if missing:
+        raise RuntimeError(
+            f"generate shards {missing} of {shards} have no result for {ds}: clear and rerun the failed "
+            "generate tasks"
+        )
+    frames = [read_frame(store, shard_result_key(ds, i)) for i in range(shards)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=GENERATED_COLUMNS)
 
 
 def _collect_stats(store: ObjectStore, ds: str) -> dict:
@@ -94,7 +138,9 @@ def _collect_stats(store: ObjectStore, ds: str) -> dict:
         "histories": run_key(ds, "stats/histories.json"),
         "keywords": run_key(ds, "stats/keywords.json"),
         "preferences": run_key(ds, "preference_graph.json"),
+        "token_embeddings": run_key(ds, "stats/token_embeddings.json"),
         "plan": run_key(ds, "stats/plan.json"),
+        "headlines": run_key(ds, "stats/headlines.json"),
     }.items():
         if store.exists(key):
             stats[name] = read_json(store, key)

@@ -7,10 +7,14 @@ Everything from the data is escaped: a title is text, never markup.
 from __future__ import annotations
 
 import html
+import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
+
+# Per campaign; the manifest has every creative, the report shows what a person can look at.
+MAX_FIGURES = 48
 
 STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2rem;color:#222;max-width:1200px}
@@ -27,6 +31,10 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _measured(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and not math.isfinite(value))
+
+
 def _value(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -35,37 +43,61 @@ def _stats_table(stats: dict) -> str:
     """One row per stage: its scalar figures, and the non-zero entries of its count tables."""
     rows = []
     for stage, values in stats.items():
-        parts = [f"{k}: {_value(v)}" for k, v in values.items() if not isinstance(v, dict | list)]
+        # A figure a stage could not measure (None) is left out rather than printed as "None".
+        parts = [f"{k}: {_value(v)}" for k, v in values.items() if _measured(v) and not isinstance(v, dict | list)]
         for name, inner in values.items():
             if isinstance(inner, dict) and all(isinstance(v, int | float) for v in inner.values()):
-                nonzero = {k: v for k, v in inner.items() if v}
+                nonzero = {k: v for k, v in inner.items() if v and _measured(v)}
                 parts.append(f"{name}: " + (", ".join(f"{k}={_value(v)}" for k, v in nonzero.items()) or "none"))
         rows.append(f"<tr><th>{_e(stage)}</th><td>{_e('; '.join(parts))}</td></tr>")
     return "<table class='stats'>" + "".join(rows) + "</table>"
 
 
-def render_report(ds: str, manifest: pd.DataFrame, stats: dict) -> str:
-    """The page at reports/ds=<ds>/index.html; images are linked relative to it."""
+def _plan_summary(stats: dict) -> str:
+    plan = stats.get("plan")
+    if not plan:
+        return ""
+    ratio = plan.get("creatives_per_generation")
+    return (
+        f"<p class='summary'>{plan.get('requested_creatives', 0)} creatives requested for "
+        f"{plan.get('users', 0)} users from {plan.get('generations', 0)} distinct generations"
+        + (f" ({ratio:.1f} creatives per generation)" if ratio else "")
+        + f"; {plan.get('dropped_keywords', 0)} keywords dropped to fit the text encoder.</p>"
+    )
+
+
+def render_report(ds: str, manifest: pd.DataFrame, stats: dict, per_campaign: int = MAX_FIGURES) -> str:
+    """The page at reports/ds=<ds>/index.html; images are linked relative to it. Each distinct creative is
+    shown once per campaign, with how many users it went to, best z first, at most `per_campaign`."""
     sections = []
     for campaign_id, rows in manifest.groupby("campaign_id", sort=True):
+        creatives = (
+            rows.sort_values(["z", "creative_id"], ascending=[False, True])
+            .groupby("creative_id", sort=False)
+            .agg(image_key=("image_key", "first"), z=("z", "max"), d_t=("d_t", "first"),
+                 consistency=("consistency", "first"), users=("user_id", "nunique"), item_id=("item_id", "first"),
+                 headline=("headline", "first"), prompt=("prompt", "first"), segment=("segment_id", "first"))
+            .sort_values(["z"], ascending=False)
+        )  # fmt: skip
         figures = []
-        for row in rows.itertuples(index=False):
+        for row in creatives.head(per_campaign).itertuples(index=False):
             # reports/ds=X/index.html -> ../../creatives/ds=X/... works on a folder and on a static bucket.
             src = "../../" + row.image_key
             figures.append(
-                f"<figure><img src='{_e(src)}' alt='{_e(row.prompt)}' loading='lazy'>"
-                f"<figcaption><b>{_e(row.user_id)}</b> × {_e(row.item_id)} (#{_e(row.rank)})<br>"
-                f"<span class='z'>z={row.z:.3f}</span> d_p={row.d_p:.3f} d_t={row.d_t:.3f} α={row.alpha:.2f}<br>"
-                f"{_e(row.prompt)}</figcaption></figure>"
+                f"<figure><img src='{_e(src)}' alt='{_e(row.headline)}' loading='lazy'>"
+                f"<figcaption><b>{_e(row.headline)}</b><br>{_e(row.item_id)} · {row.users} users · "
+                f"segment {_e(row.segment or '–')}<br><span class='z'>best z={row.z:.3f}</span> "
+                f"d_t={row.d_t:.3f} c={row.consistency:.3f}<br>{_e(row.prompt)}</figcaption></figure>"
             )
+        shown = f" (best {per_campaign} shown)" if len(creatives) > per_campaign else ""
         sections.append(
-            f"<h2>Campaign {_e(campaign_id)}: {len(rows)} creatives for "
-            f"{rows['user_id'].nunique()} users</h2><div class='grid'>{''.join(figures)}</div>"
+            f"<h2>Campaign {_e(campaign_id)}: {len(rows)} creatives for {rows['user_id'].nunique()} users from "
+            f"{len(creatives)} images{shown}</h2><div class='grid'>{''.join(figures)}</div>"
         )
     if not sections:
         sections.append("<p>No active campaign planned any creative for this date.</p>")
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>pmg run {_e(ds)}</title>"
-        f"<style>{STYLE}</style></head><body><h1>pmg nightly run — {_e(ds)}</h1>"
+        f"<style>{STYLE}</style></head><body><h1>pmg nightly run — {_e(ds)}</h1>{_plan_summary(stats)}"
         f"<h2>Stages</h2>{_stats_table(stats)}{''.join(sections)}</body></html>"
     )

@@ -40,7 +40,7 @@ class Pools(BaseModel):
 
 
 class Generation(BaseModel):
-    """How creatives are generated and chosen (PMG section 3.4)."""
+    """How creatives are generated and chosen (PMG section 3.4; docs/generation.md)."""
 
     candidates_per_request: int = Field(2, ge=1, description="k images generated per request")
     batch_size: int = Field(4, ge=1, description="images per diffusion forward pass")
@@ -50,6 +50,23 @@ class Generation(BaseModel):
     requests_per_shard: int = Field(16, ge=1, description="unique generation requests per GPU task")
     max_shards: int = Field(256, ge=1, description="keeps the map far below Airflow's max_map_length")
     default_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    # What d_t compares a candidate with: the target item's keywords (PMG), its catalog image where the store
+    # has one, or both (the geometric mean of the two similarities). Items without an image use keywords.
+    target_reference: Literal["keywords", "image", "both"] = "keywords"
+    checkpoint_requests: int = Field(
+        8, ge=1, description="finished requests a shard records at a time, so a retry resumes after them"
+    )
+    headline_chars: int = Field(80, ge=16, le=200, description="longest headline written beside a creative")
+
+
+class TokenEmbeddings(BaseModel):
+    """How preference tokens become words the diffusion text encoder knows (textual inversion; see
+    docs/generation.md). Bounded per token, so a night's cost grows with the tokens in use, not the users."""
+
+    steps_per_token: int = Field(2, ge=0, description="optimizer steps each token takes part in; 0: descriptors only")
+    images_per_token: int = Field(4, ge=1, description="item images a token trains on, its users' most engaged first")
+    batch_size: int = Field(8, ge=1, description="(token, image) pairs per optimizer step")
+    learning_rate: float = Field(5e-3, gt=0)
 
 
 class Keywords(BaseModel):
@@ -95,6 +112,7 @@ class Settings(BaseSettings):
     models: ModelPaths = ModelPaths()
     pools: Pools = Pools()
     generation: Generation = Generation()
+    token_embeddings: TokenEmbeddings = TokenEmbeddings()
     keywords: Keywords = Keywords()
 
     lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")
@@ -106,6 +124,9 @@ class Settings(BaseSettings):
     keywords_per_user: int = Field(8, ge=1)
     token_levels: int = Field(2, ge=1, description="residual quantization levels")
     token_codes: int = Field(16, ge=2, description="codes per level (docs/preference_graph.md: why 2 x 16)")
+    # A segment is the users who share their first `segment_levels` tokens of every view: 1 gives at most
+    # token_codes ** views segments (256 with two views), which is what keeps generation per segment cheap.
+    segment_levels: int = Field(1, ge=1, description="token levels per view that define a segment (<= token_levels)")
     gnn_dim: int = Field(128, ge=4)
     gnn_layers: int = Field(3, ge=1)
     gnn_epochs: int = Field(40, ge=1, description="most epochs of a full retrain; early stopping ends most sooner")
@@ -130,6 +151,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_defaults_from_home(self) -> Settings:
+        if self.segment_levels > self.token_levels:
+            raise ValueError(
+                f"segment_levels ({self.segment_levels}) cannot exceed token_levels ({self.token_levels})"
+            )
         home = self.home.expanduser().resolve()
         self.home = home
         if not self.warehouse_url and not self.warehouse_conn_id:

@@ -42,6 +42,10 @@ def test_active_campaigns_by_date(tmp_path):
         (GOOD.replace("candidates: 4", "candidates: 1"), "candidates .1. must be at least variants .2."),
         (GOOD.replace("variants: 2", "variants: 2\n    colour: red"), "colour.*Extra inputs"),
         ("campaigns: [", "not valid YAML"),
+        (GOOD.replace("variants: 2", "variants: 2\n    personalization: everyone"), "personalization.*'segment' or 'user'"),
+        (GOOD.replace("variants: 2", "variants: 2\n    denylist: [gore]\n    negative_prompt: blurry, Gore"),
+         "negative_prompt names a word the denylist forbids"),
+        (GOOD.replace("variants: 2", "variants: 2\n    consistency_weight: 2"), "consistency_weight"),
     ],
 )
 def test_errors_name_the_campaign_and_the_field(tmp_path, text, message):
@@ -52,3 +56,9 @@ def test_errors_name_the_campaign_and_the_field(tmp_path, text, message):
 def test_missing_file_says_how_to_fix(tmp_path):
     with pytest.raises(CampaignError, match="PMG_CAMPAIGNS_FILE"):
         load_campaigns(tmp_path / "nope.yaml")
+
+
+def test_new_fields_default_to_pmgs_choice_and_segment_sharing(tmp_path):
+    winter = load_campaigns(write(tmp_path, GOOD))[0]
+    assert (winter.personalization, winter.consistency_weight, winter.negative_prompt) == ("segment", 0.0, None)
+    assert not winter.denied

@@ -1,163 +1,163 @@
-"""The generate + score stage, mapped over shards (PMG section 3.4).
+"""The generate + score + choose stage, mapped over shards: `PersonalizedCreatives` with store I/O, naming
+and resume around it.
 
-For each generation request of a shard: draw k candidate images with recorded seeds, score each with CLIP
-against the user's preference keywords (d_p) and the target item's keywords (d_t), keep the best v by
-z = alpha * log(d_p) + (1 - alpha) * log(d_t), and write them as PNGs that carry their scores.
+For each generation request of a shard: draw k candidates with recorded seeds, score them, give every user
+of the request their own best `variants` by their own z, write each chosen image once (many users may share
+it) as a PNG, and record one row per (user, rank).
 
-Every candidate is named before it is drawn (its seed comes from the request signature, its creative id from
-the signature, the seed and the model versions), so a retried shard finds what it already wrote and only
-draws the requests that are missing.
+Every candidate is named before it is drawn: its seed comes from the request signature, its creative id from
+the signature, the seed and the model versions (diffusion, CLIP, token embeddings). The shard records the
+requests it finished, a part every `generation.checkpoint_requests`, after their images are written; a
+retried shard reads that record (not a listing of the campaign's images) and draws only the rest.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pmg_tasks import layout
-from pmg_tasks.generate.pipeline import (
-    inference_device,
-    load_diffusion_pipeline,
-    render_images,
-    require_model_dir,
-)
-from pmg_tasks.generate.scoring import CandidateScore, ClipScorer, rank_by_z
+from pmg_tasks.generate.creatives import REQUEST_COLUMNS, Chooser, GenerationRequest, RequestResult
+from pmg_tasks.models.diffusion import require_model_dir
 from pmg_tasks.models.versions import model_version
 from pmg_tasks.store import image_bytes, open_store, read_frame, write_table
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
     from PIL.Image import Image
 
-    from pmg_tasks.settings import Generation, Settings
+    from pmg_tasks.settings import Settings
     from pmg_tasks.store import ObjectStore
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One row of a shard table: what to draw for one prompt signature, and how to choose."""
-
-    signature: str
-    campaign_id: str
-    prompt: str
-    preference_text: str
-    target_text: str
-    alpha: float
-    candidates: int
-    variants: int
-
-    def __post_init__(self):
-        if not 1 <= self.variants <= self.candidates:
-            raise ValueError(
-                f"request {self.signature}: needs 1 <= variants <= candidates, "
-                f"got variants={self.variants}, candidates={self.candidates}"
-            )
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"request {self.signature}: alpha must lie in [0, 1], got {self.alpha}")
-
-
-REQUEST_COLUMNS = tuple(field.name for field in fields(GenerationRequest))
+RESULT_COLUMNS = (
+    ("signature", "string"), ("request_key", "string"), ("campaign_id", "string"), ("user_id", "string"),
+    ("rank", "int64"), ("candidate", "int64"), ("creative_id", "string"), ("image_key", "string"),
+    ("seed", "int64"), ("d_p", "float64"), ("d_t", "float64"), ("consistency", "float64"), ("z", "float64"),
+    ("candidates", "int64"), ("diffusion_model", "string"), ("clip_model", "string"),
+    ("token_embeddings", "string"),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """One of a request's k images, named before it is drawn."""
+class ModelVersions:
+    """What made the pixels and the scores, as short stable names (they go into every creative id)."""
 
-    request: GenerationRequest
-    index: int
-    seed: int
-    creative_id: str
+    diffusion: str
+    clip: str
+    tokens: str
 
-
-@dataclass(frozen=True)
-class Creative:
-    """A kept candidate: one row of the shard result table."""
-
-    signature: str
-    campaign_id: str
-    creative_id: str
-    image_key: str
-    seed: int
-    rank: int
-    d_p: float
-    d_t: float
-    z: float
-    candidates: int
+    def names(self) -> tuple[str, str, str]:
+        return self.diffusion, self.clip, self.tokens
 
 
 def generate_shard(settings: Settings, ds: str, shard_index: int) -> dict:
-    """Draw, score and keep the creatives of shard `shard_index` of run `ds`, then write its result table.
+    """Draw, score and choose the creatives of shard `shard_index` of run `ds`, then write its result table
+    (`layout.shard_result_key`): one row per (request, user, rank). Requests the shard's record already has
+    are read back, not drawn. Returns counts for XCom."""
+    from pmg_tasks.tokens.stage import load_vectors, read_version, version_id
 
-    Writes each kept image to `layout.creative_key` (PNG with signature, seed, rank, d_p, d_t and z in its
-    text chunks) and one row per kept image to `layout.shard_result_key`. Requests whose kept images are
-    already in the store are read back instead of drawn. Returns counts for XCom.
-    """
     diffusion_dir = require_model_dir(settings.models.diffusion, "diffusion")
     clip_dir = require_model_dir(settings.models.clip, "clip")
     store = open_store(settings)
-    requests = read_requests(store, layout.shard_key(ds, shard_index))
-    versions = (model_version(str(diffusion_dir)), model_version(str(clip_dir)))
-    candidates = {request.signature: name_candidates(request, *versions) for request in requests}
+    requests = read_requests(store, layout.shard_key(ds, shard_index), _headlines(store, ds))
+    audiences = read_audiences(store, layout.shard_audience_key(ds, shard_index), requests)
+    token_index = read_version(store, ds)
+    tokens = sorted({t for r in requests for t in _tokens_in(r.prompt)})
+    if tokens and token_index is None:
+        raise ValueError(
+            f"shard {shard_index} of {ds} uses preference tokens, but models/tokens/{ds}/ is not complete: "
+            "run the token_embeddings task for this date first"
+        )
+    versions = ModelVersions(
+        model_version(str(diffusion_dir)), model_version(str(clip_dir)),
+        version_id(token_index) if token_index else "no-tokens",
+    )  # fmt: skip
+    keys = {r.signature: request_key(r, audiences[r.signature], versions) for r in requests}
 
-    kept = find_written_creatives(store, ds, requests, candidates)
-    pending = [request for request in requests if request.signature not in kept]
+    done = read_record(store, ds, shard_index, set(keys.values()))
+    pending = [r for r in requests if keys[r.signature] not in set(done["request_key"])]
     logger.info(
-        "shard %d: %d requests, %d already written, %d to draw",
-        shard_index,
-        len(requests),
-        len(kept),
-        len(pending),
-    )
+        "shard %d: %d requests for %d users, %d already recorded, %d to draw",
+        shard_index, len(requests), len({u.user_id for a in audiences.values() for u in a}),
+        len(requests) - len(pending), len(pending),
+    )  # fmt: skip
     if pending:
-        # Load the diffusion pipeline and CLIP once per shard, and only when something is left to draw.
-        device, dtype = inference_device()
-        pipeline = load_diffusion_pipeline(diffusion_dir, device, dtype)
-        scorer = ClipScorer.load(clip_dir, device, dtype)
-        queue = [candidate for request in pending for candidate in candidates[request.signature]]
-        kept |= draw_and_keep(pipeline, scorer, store, ds, queue, settings.generation, shard_index)
+        from pmg_tasks.generate.creatives import PersonalizedCreatives
 
-    creatives = [creative for request in requests for creative in kept[request.signature]]
-    result_key = write_table(store, layout.shard_result_key(ds, shard_index), result_table(creatives))
+        # Models load once per shard, and only when something is left to draw.
+        creatives = PersonalizedCreatives.from_models(
+            diffusion_dir, clip_dir, settings.generation, load_vectors(store, ds, tokens) if tokens else {}
+        )
+        recorder = _Recorder(store, ds, shard_index, settings.generation.checkpoint_requests)
+        seeds = {r.signature: candidate_seeds(r) for r in pending}
+        results = creatives(pending, seeds, audiences, _target_images(store, pending))
+        for result in results:
+            recorder.add(write_chosen(store, ds, result, versions, keys[result.request.signature]))
+        recorder.flush()
+        done = read_record(store, ds, shard_index, set(keys.values()))
+
+    result_frame = _in_request_order(done, requests)
+    result_key = write_table(store, layout.shard_result_key(ds, shard_index), result_table(result_frame))
+    # The result is the record now; parts would only be read again by a later attempt.
+    store.delete_prefix(layout.shard_record_prefix(ds, shard_index))
     return {
         "shard": shard_index,
         "requests": len(requests),
-        "creatives": len(creatives),
+        "choices": len(result_frame),
+        "creatives": int(result_frame["creative_id"].nunique()),
         "generated": len(pending),
         "skipped": len(requests) - len(pending),
         "result_key": result_key,
     }
 
 
-def read_requests(store: ObjectStore, key: str) -> list[GenerationRequest]:
-    """The generation requests of the shard table at `key`, checked."""
+def read_requests(store: ObjectStore, key: str, headlines: dict[str, str]) -> list[GenerationRequest]:
+    """The generation requests of the shard table at `key`, checked, each with its headline."""
     frame = read_frame(store, key)
-    missing = [column for column in REQUEST_COLUMNS if column not in frame.columns]
+    wanted = [c for c in REQUEST_COLUMNS if c != "headline"]
+    missing = [column for column in wanted if column not in frame.columns]
     if missing:
-        raise ValueError(
-            f"shard table {key} lacks columns {missing}; the plan stage writes {list(REQUEST_COLUMNS)}"
-        )
-    requests = [
-        GenerationRequest(
-            signature=str(row["signature"]),
-            campaign_id=str(row["campaign_id"]),
-            prompt=str(row["prompt"]),
-            preference_text=str(row["preference_text"]),
-            target_text=str(row["target_text"]),
-            alpha=float(row["alpha"]),
-            candidates=int(row["candidates"]),
-            variants=int(row["variants"]),
-        )
-        for row in frame[list(REQUEST_COLUMNS)].to_dict("records")
-    ]
-    signatures = [request.signature for request in requests]
-    if len(set(signatures)) != len(signatures):
+        raise ValueError(f"shard table {key} lacks columns {missing}; the plan stage writes {list(wanted)}")
+    if not frame["signature"].is_unique:
         raise ValueError(f"shard table {key} repeats a signature; the plan stage writes each one once")
-    return requests
+    absent = sorted(set(frame["signature"]) - set(headlines))
+    if absent:
+        raise ValueError(
+            f"{len(absent)} requests of {key} have no headline (e.g. {absent[0]}): run the headlines task first"
+        )
+    return [
+        GenerationRequest(
+            signature=str(row["signature"]), campaign_id=str(row["campaign_id"]), prompt=str(row["prompt"]),
+            negative_prompt=str(row["negative_prompt"]), target_text=str(row["target_text"]),
+            headline=headlines[row["signature"]], alpha=float(row["alpha"]),
+            consistency_weight=float(row["consistency_weight"]), candidates=int(row["candidates"]),
+            variants=int(row["variants"]), target_image_key=str(row["target_image_key"] or ""),
+        )  # fmt: skip
+        for row in frame[wanted].to_dict("records")
+    ]
+
+
+def read_audiences(
+    store: ObjectStore, key: str, requests: Sequence[GenerationRequest]
+) -> dict[str, list[Chooser]]:
+    """Signature -> the users choosing among its candidates, in user order; every request must have some."""
+    frame = read_frame(store, key).sort_values(["signature", "user_id"], kind="stable")
+    audiences: dict[str, list[Chooser]] = {r.signature: [] for r in requests}
+    for signature, user_id, text in zip(frame["signature"], frame["user_id"], frame["preference_text"], strict=True):
+        if signature in audiences:
+            audiences[signature].append(Chooser(str(user_id), str(text)))
+    empty = [signature for signature, users in audiences.items() if not users]
+    if empty:
+        raise ValueError(f"{key} has no users for {len(empty)} requests (e.g. {empty[0]}); rerun the plan stage")
+    return audiences
 
 
 def candidate_seed(signature: str, index: int) -> int:
@@ -167,149 +167,136 @@ def candidate_seed(signature: str, index: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def creative_id(signature: str, seed: int, diffusion_version: str, clip_version: str) -> str:
+def candidate_seeds(request: GenerationRequest) -> list[int]:
+    return [candidate_seed(request.signature, index) for index in range(request.candidates)]
+
+
+def creative_id(signature: str, seed: int, versions: ModelVersions) -> str:
     """The stable name of a candidate image: a hash of everything that made it."""
-    made_of = "\0".join([signature, str(seed), diffusion_version, clip_version])
+    made_of = "\0".join([signature, str(seed), *versions.names()])
     return hashlib.sha256(made_of.encode()).hexdigest()[:20]
 
 
-def name_candidates(request: GenerationRequest, diffusion_version: str, clip_version: str) -> list[Candidate]:
-    """The request's k candidates with their seeds and creative ids."""
-    seeds = [candidate_seed(request.signature, index) for index in range(request.candidates)]
-    return [
-        Candidate(request, index, seed, creative_id(request.signature, seed, diffusion_version, clip_version))
-        for index, seed in enumerate(seeds)
-    ]
+def request_key(request: GenerationRequest, users: Sequence[Chooser], versions: ModelVersions) -> str:
+    """Everything that decides a request's recorded rows: its recipe, its headline, its users and their
+    texts, and the models. A record under another key is stale and is drawn again."""
+    made_of = json.dumps(
+        [request.signature, request.headline, request.alpha, request.variants, request.consistency_weight,
+         request.target_image_key, [(u.user_id, u.preference_text) for u in users], versions.names()],
+    )  # fmt: skip
+    return hashlib.sha256(made_of.encode()).hexdigest()[:24]
 
 
-def find_written_creatives(
-    store: ObjectStore, ds: str, requests: list[GenerationRequest], candidates: dict[str, list[Candidate]]
-) -> dict[str, list[Creative]]:
-    """The kept creatives of every request whose v images are already in the store, read back from the
-    images' own text chunks, by signature. A request with fewer images is left out, to be drawn again."""
-    stored: set[str] = set()
-    # One listing per campaign, not one lookup per candidate: listings are cheap in both stores.
-    for campaign_id in sorted({request.campaign_id for request in requests}):
-        stored.update(store.list_keys(layout.campaign_creatives_prefix(ds, campaign_id)))
-    written = {}
-    for request in requests:
-        found = [c for c in candidates[request.signature] if _image_key(ds, c) in stored]
-        if len(found) >= request.variants:
-            scores = [_read_scores(store, _image_key(ds, candidate)) for candidate in found]
-            written[request.signature] = keep_best(ds, found, scores)
-    return written
+def write_chosen(
+    store: ObjectStore, ds: str, result: RequestResult, versions: ModelVersions, key: str
+) -> list[dict]:
+    """Writes every candidate some user chose, once, as a PNG carrying its seed and scores, and returns the
+    request's rows: one per (user, rank)."""
+    request = result.request
+    seeds = candidate_seeds(request)
+    names = [creative_id(request.signature, seed, versions) for seed in seeds]
+    image_keys = [layout.creative_key(ds, request.campaign_id, name) for name in names]
+    for position in result.chosen_positions():
+        image = result.images[position]
+        image.info.update({
+            "signature": request.signature, "seed": str(seeds[position]), "candidate": str(position),
+            "d_t": repr(float(result.d_t[position])), "consistency": repr(float(result.consistency[position])),
+        })  # fmt: skip
+        store.put_bytes(image_keys[position], image_bytes(image))
+    rows = []
+    for u, user_id in enumerate(result.users):
+        for rank, position in enumerate(result.choice.candidates[u].tolist(), start=1):
+            rows.append({
+                "signature": request.signature, "request_key": key, "campaign_id": request.campaign_id,
+                "user_id": user_id, "rank": rank, "candidate": position, "creative_id": names[position],
+                "image_key": image_keys[position], "seed": seeds[position],
+                "d_p": float(result.choice.d_p[u, rank - 1]), "d_t": float(result.d_t[position]),
+                "consistency": float(result.consistency[position]), "z": float(result.choice.z[u, rank - 1]),
+                "candidates": request.candidates, "diffusion_model": versions.diffusion,
+                "clip_model": versions.clip, "token_embeddings": versions.tokens,
+            })  # fmt: skip
+    return rows
 
 
-def draw_and_keep(
-    pipeline,
-    scorer: ClipScorer,
-    store: ObjectStore,
-    ds: str,
-    queue: list[Candidate],
-    generation: Generation,
-    shard_index: int,
-) -> dict[str, list[Creative]]:
-    """Draw the queued candidates in batches, score them, and write each request's best v as soon as all its
-    candidates are in, so images are held only for requests still open. Returns kept creatives by signature."""
-    batch_size = generation.batch_size
-    drawn: dict[str, list[tuple[Candidate, Image, CandidateScore]]] = {}
-    kept: dict[str, list[Creative]] = {}
-    for start in range(0, len(queue), batch_size):
-        batch = queue[start : start + batch_size]
-        images = render_images(
-            pipeline, [c.request.prompt for c in batch], [c.seed for c in batch], generation
-        )
-        scores = scorer.score(
-            images,
-            [c.request.preference_text for c in batch],
-            [c.request.target_text for c in batch],
-            [c.request.alpha for c in batch],
-        )
-        for candidate, image, score in zip(batch, images, scores, strict=True):
-            request = candidate.request
-            drawn.setdefault(request.signature, []).append((candidate, image, score))
-            if len(drawn[request.signature]) == request.candidates:
-                kept[request.signature] = write_best(store, ds, drawn.pop(request.signature))
-        logger.info("shard %d: %d/%d candidate images drawn", shard_index, start + len(batch), len(queue))
-    return kept
+def read_record(store: ObjectStore, ds: str, shard_index: int, keys: set[str]) -> pd.DataFrame:
+    """The rows this shard recorded for the request keys in `keys`: from its result table where an earlier
+    attempt finished, and from the parts a failed attempt left."""
+    import pandas as pd
+
+    sources = [layout.shard_result_key(ds, shard_index)] + store.list_keys(layout.shard_record_prefix(ds, shard_index))
+    frames = [read_frame(store, key) for key in sources if store.exists(key)]
+    frames = [frame for frame in frames if "request_key" in frame.columns]
+    if not frames:
+        return result_table([]).to_pandas()
+    rows = pd.concat(frames, ignore_index=True)
+    rows = rows[rows["request_key"].isin(keys)]
+    return rows.drop_duplicates(["request_key", "user_id", "rank"], keep="last").reset_index(drop=True)
 
 
-def keep_best(ds: str, candidates: list[Candidate], scores: list[CandidateScore]) -> list[Creative]:
-    """The request's best v candidates by z, ranked from 1."""
-    best = rank_by_z(scores)[: candidates[0].request.variants]
-    return [_creative(ds, candidates[i], scores[i], rank) for rank, i in enumerate(best, start=1)]
-
-
-def write_best(
-    store: ObjectStore, ds: str, drawn: list[tuple[Candidate, Image, CandidateScore]]
-) -> list[Creative]:
-    """Keep the best v of one request's drawn candidates and write each as a PNG carrying its scores."""
-    candidates, images, scores = (list(column) for column in zip(*drawn, strict=True))
-    kept = keep_best(ds, candidates, scores)
-    image_of = {candidate.creative_id: image for candidate, image in zip(candidates, images, strict=True)}
-    for creative in kept:
-        image = image_of[creative.creative_id]
-        image.info.update(_png_text(creative))
-        store.put_bytes(creative.image_key, image_bytes(image))
-    return kept
-
-
-def result_table(creatives: list[Creative]) -> pa.Table:
-    """The shard result table: one row per kept creative."""
+def result_table(rows: Iterable[dict] | pd.DataFrame) -> pa.Table:
+    """The shard result table (and each record part): one row per (request, user, rank)."""
+    import pandas as pd
     import pyarrow as pa
 
-    schema = pa.schema(
-        [
-            ("signature", pa.string()),
-            ("campaign_id", pa.string()),
-            ("creative_id", pa.string()),
-            ("image_key", pa.string()),
-            ("seed", pa.int64()),
-            ("rank", pa.int64()),
-            ("d_p", pa.float64()),
-            ("d_t", pa.float64()),
-            ("z", pa.float64()),
-            ("candidates", pa.int64()),
-        ]
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in RESULT_COLUMNS])
+    if isinstance(rows, pd.DataFrame):
+        return pa.Table.from_pandas(rows[[name for name, _ in RESULT_COLUMNS]], schema=schema, preserve_index=False)
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+class _Recorder:
+    """Records finished requests' rows, `every` requests a part: a part is written only after the images of
+    its requests, so whatever a part names exists."""
+
+    def __init__(self, store: ObjectStore, ds: str, shard_index: int, every: int):
+        self.store, self.ds, self.shard_index, self.every = store, ds, shard_index, every
+        self.part = len(store.list_keys(layout.shard_record_prefix(ds, shard_index)))
+        self.rows: list[dict] = []
+        self.requests = 0
+
+    def add(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+        self.requests += 1
+        if self.requests >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            key = layout.shard_record_part_key(self.ds, self.shard_index, self.part)
+            write_table(self.store, key, result_table(self.rows))
+            self.part += 1
+        self.rows, self.requests = [], 0
+
+
+def _in_request_order(rows: pd.DataFrame, requests: Sequence[GenerationRequest]) -> pd.DataFrame:
+    order = {r.signature: position for position, r in enumerate(requests)}
+    return (
+        rows.assign(_order=rows["signature"].map(order))
+        .sort_values(["_order", "user_id", "rank"], kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
     )
-    return pa.Table.from_pylist([asdict(creative) for creative in creatives], schema=schema)
 
 
-def _creative(ds: str, candidate: Candidate, score: CandidateScore, rank: int) -> Creative:
-    request = candidate.request
-    return Creative(
-        signature=request.signature,
-        campaign_id=request.campaign_id,
-        creative_id=candidate.creative_id,
-        image_key=_image_key(ds, candidate),
-        seed=candidate.seed,
-        rank=rank,
-        d_p=score.d_p,
-        d_t=score.d_t,
-        z=score.z,
-        candidates=request.candidates,
-    )
+def _headlines(store: ObjectStore, ds: str) -> dict[str, str]:
+    key = layout.run_key(ds, "headlines.parquet")
+    if not store.exists(key):
+        return {}
+    frame = read_frame(store, key)
+    return dict(zip(frame["signature"], frame["headline"], strict=True))
 
 
-def _image_key(ds: str, candidate: Candidate) -> str:
-    return layout.creative_key(ds, candidate.request.campaign_id, candidate.creative_id)
-
-
-def _png_text(creative: Creative) -> dict[str, str]:
-    # repr() of a float reads back to the same float, so a resumed shard reports the scores it wrote.
-    return {
-        "signature": creative.signature,
-        "seed": str(creative.seed),
-        "rank": str(creative.rank),
-        "d_p": repr(creative.d_p),
-        "d_t": repr(creative.d_t),
-        "z": repr(creative.z),
-    }
-
-
-def _read_scores(store: ObjectStore, key: str) -> CandidateScore:
+def _target_images(store: ObjectStore, requests: Sequence[GenerationRequest]) -> dict[str, Image]:
     from PIL import Image
 
-    with Image.open(io.BytesIO(store.get_bytes(key))) as image:
-        text = image.text
-    return CandidateScore(d_p=float(text["d_p"]), d_t=float(text["d_t"]), z=float(text["z"]))
+    images = {}
+    for key in sorted({r.target_image_key for r in requests if r.target_image_key}):
+        with Image.open(io.BytesIO(store.get_bytes(key))) as picture:
+            images[key] = picture.convert("RGB")
+    return images
+
+
+def _tokens_in(prompt: str) -> list[str]:
+    import re
+
+    return re.findall(r"<pref_[a-z]+_\d+_\d+>", prompt)

@@ -48,26 +48,33 @@ class KeywordCache:
 
     def get_many(self, kind: str, hashes: Iterable[str]) -> dict[str, Extraction]:
         """The cached extractions among `hashes`; a missing or unreadable entry is a miss."""
+        found = self.get_json_many(kind, hashes)
+        return {h: Extraction.from_json(value) for h, value in found.items() if isinstance(value, dict)}
 
-        def get(content_hash: str) -> Extraction | None:
+    def put_many(self, kind: str, extractions: Mapping[str, Extraction]) -> int:
+        return self.put_json_many(kind, {h: e.to_json() for h, e in extractions.items()})
+
+    def get_json_many(self, kind: str, hashes: Iterable[str]) -> dict[str, object]:
+        """The cached JSON values among `hashes` (any kind of entry: keywords, headlines)."""
+
+        def get(content_hash: str) -> object | None:
             try:
-                return Extraction.from_json(json.loads(self.store.get_bytes(self.key(kind, content_hash))))
+                return json.loads(self.store.get_bytes(self.key(kind, content_hash)))
             except KeyError:
                 return None
-            except (ValueError, AttributeError) as error:
-                log.warning("unreadable keyword cache entry %s (%s): extracting again", self.key(kind, content_hash),
-                            error)
+            except ValueError as error:
+                log.warning("unreadable cache entry %s (%s): asking again", self.key(kind, content_hash), error)
                 return None
 
         hashes = list(dict.fromkeys(hashes))
         with ThreadPoolExecutor(self.concurrency) as pool:
             found = dict(zip(hashes, pool.map(get, hashes), strict=True))
-        return {h: e for h, e in found.items() if e is not None}
+        return {h: value for h, value in found.items() if value is not None}
 
-    def put_many(self, kind: str, extractions: Mapping[str, Extraction]) -> int:
-        def put(item: tuple[str, Extraction]) -> None:
-            self.store.put_bytes(self.key(kind, item[0]), json.dumps(item[1].to_json(), sort_keys=True).encode())
+    def put_json_many(self, kind: str, values: Mapping[str, object]) -> int:
+        def put(item: tuple[str, object]) -> None:
+            self.store.put_bytes(self.key(kind, item[0]), json.dumps(item[1], sort_keys=True).encode())
 
         with ThreadPoolExecutor(self.concurrency) as pool:
-            list(pool.map(put, extractions.items()))
-        return len(extractions)
+            list(pool.map(put, values.items()))
+        return len(values)

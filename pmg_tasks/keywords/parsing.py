@@ -25,6 +25,12 @@ _NOT_A_KEYWORD = re.compile(
     re.IGNORECASE,
 )
 _MARKUP = re.compile(r"<\s*/?\s*[a-z!?]|[{}]|&#?\w+;", re.IGNORECASE)
+# The part of _NOT_A_KEYWORD that says "this is not copy" for any text, not only for a keyword.
+_INSTRUCTION = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\b.*\b(?:instructions?|prompts?|rules|above|previous)\b"
+    r"|\b(?:system|developer) (?:prompt|message)\b|\byou are (?:now|an?)\b|\bas an ai\b|https?:|www\.",
+    re.IGNORECASE,
+)
 _FENCE = re.compile(r"```(?:json)?", re.IGNORECASE)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _LINE = re.compile(r"^\s*[-*\d.)\s]*\"?([A-Za-z_ ]{1,40})\"?\s*[:=]\s*(.+?)\s*$")
@@ -86,6 +92,25 @@ def parse_answer(text: str | None, fields: Sequence[str], per_field: int) -> Par
         result[field] = normalise(raw, per_field)
     parsed = Parsed(result, repaired)
     return parsed if parsed.words else None
+
+
+def parse_text_answer(text: str | None, field: str) -> tuple[str | None, bool]:
+    """The string under `field` of the answer's JSON object, repaired as `parse_answer` repairs, and whether
+    it needed repair; None when there is no such string. The caller checks what the string says."""
+    if not text or not text.strip():
+        return None, False
+    value, repaired = _json_object(text)
+    if value is None:
+        return None, True
+    found = next((raw for key, raw in value.items() if _key(key) == _key(field)), None)
+    if isinstance(found, list) and found and all(isinstance(part, str) for part in found):
+        found, repaired = " ".join(found), True
+    return (found if isinstance(found, str) and found.strip() else None), repaired or set(value) != {field}
+
+
+def looks_like_instruction(text: str) -> bool:
+    """Whether `text` reads like an obeyed injection, a chat artefact, markup or a URL rather than copy."""
+    return bool(_MARKUP.search(text) or _INSTRUCTION.search(text))
 
 
 def _key(name: object) -> str:

@@ -40,6 +40,8 @@ class Scenario(BaseModel):
     target: str = Field(min_length=1, max_length=1000)
     target_example: tuple[str, ...] = Field(min_length=1, max_length=8)
     output_example: dict[str, tuple[str, ...]]
+    # What the diffusion model should steer away from for this kind of creative; campaigns may override it.
+    negative_prompt: str = Field("", max_length=300)
 
     @model_validator(mode="after")
     def _example_names_the_attributes(self) -> Scenario:
@@ -55,8 +57,10 @@ class Scenario(BaseModel):
         return [a.name for a in self.attributes]
 
     def digest(self) -> str:
-        """A short hash of everything that shapes the prompts."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:10]
+        """A short hash of everything that shapes the LLM prompts (the negative prompt shapes only pixels,
+        so editing it does not re-extract keywords)."""
+        shaping = self.model_dump(mode="json", exclude={"negative_prompt"})
+        return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def available_scenarios() -> list[str]:

@@ -33,6 +33,7 @@ target item keywords: title, category, brand, description. generate an image of 
 """
 
 SEED = 0
+CLIP_PROJECTION_DIM = 24
 
 
 def build_test_size_models(out_dir: Path, seed: int = SEED) -> ModelPaths:
@@ -101,7 +102,9 @@ def build_diffusion_pipeline(out: Path, seed: int = SEED) -> Path:
 
 
 def build_clip(out: Path, seed: int = SEED) -> Path:
-    """A CLIP model (text and vision towers, 32-dim projections, 32x32 images) and its processor."""
+    """A CLIP model (text and vision towers of width 32 projected to 24 dimensions, 32x32 images) and its
+    processor. The projection differs from the towers' width so code that scores with hidden states instead
+    of projected embeddings fails loudly."""
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPVisionConfig
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -118,7 +121,7 @@ def build_clip(out: Path, seed: int = SEED) -> Path:
     config = CLIPConfig(
         text_config=_clip_text_config(tokenizer).to_dict(),
         vision_config=vision.to_dict(),
-        projection_dim=32,
+        projection_dim=CLIP_PROJECTION_DIM,
     )
     with _seeded(seed):
         model = CLIPModel(config)

@@ -1,9 +1,7 @@
 """Item image features for the preference GNN's image view.
 
-An item has an image when its `image_uri` names an object in the store: a key (`catalog/images/a.png`) or
-the store's own URL of one (`s3://bucket/prefix/catalog/images/a.png`, `file:///...`). Anything else (an
-http URL, a missing object, bytes that are not an image) counts as no image: the batch reads no network,
-and an item without an image simply stays out of the image view.
+An item has an image when its `image_uri` names an object in the store (pmg_tasks/item_images.py); bytes
+that are not an image count as no image, and an item without one simply stays out of the image view.
 
 Two encoders: `histogram` (default) is a deterministic colour and texture histogram that needs no model;
 `clip` is the CLIP image embedding of `settings.models.clip`, where one is configured.
@@ -70,17 +68,12 @@ def item_image_features(
     `encoder` is `histogram` or `clip` (which needs `clip_model`, a local CLIP directory). Items whose
     image cannot be read are left out, and counted in the log.
     """
+    from pmg_tasks.item_images import read_item_images
+
     if "image_uri" not in items.columns:
         return {}
     named = items.dropna(subset=["image_uri"]).drop_duplicates("item_id", keep="last")
-    images: dict[str, bytes] = {}
-    for item_id, uri in zip(named["item_id"].astype(str), named["image_uri"], strict=True):
-        key = _store_key(str(uri), store)
-        try:
-            if key is not None and store.exists(key):
-                images[item_id] = store.get_bytes(key)
-        except ValueError:  # a key that would leave the store, e.g. "../x.png": not an image of ours
-            continue
+    images = read_item_images(named, store)
     if encoder == "clip":
         if not clip_model:
             raise ValueError("gnn_image_features is 'clip' but models.clip is not set")
@@ -101,13 +94,6 @@ def item_image_features(
             "image view: %d of %d items with an image_uri have a readable image", len(features), len(named)
         )
     return features
-
-
-def _store_key(uri: str, store: ObjectStore) -> str | None:
-    if "://" not in uri:
-        return uri.lstrip("/") or None
-    root_url = store.url("_")[: -len("_")]
-    return uri[len(root_url) :] if uri.startswith(root_url) and len(uri) > len(root_url) else None
 
 
 def _clip_features(

@@ -5,7 +5,8 @@ the modal-specific GNN warm from the last model version (or from scratch on the 
 quantizes each user's preference in every view into tokens, describes every token in words, and publishes:
 
 - `runs/ds=<ds>/preference_tokens.parquet`: `user_id`, `tokens` (list of strings, every view's), `segment_id`
-  (users sharing a token tuple), `txt_tokens` and `img_tokens` (each view's), `interactions_hash`;
+  and `segment_tokens` (users sharing the first `segment_levels` tokens of every view form a segment, which
+  is what the plan stage generates for), `txt_tokens` and `img_tokens` (each view's), `interactions_hash`;
 - `runs/ds=<ds>/token_descriptors.parquet`: per token in use, the keywords and categories behind it;
 - `runs/ds=<ds>/preference_graph.json`: what was trained, how well it ranks and quantizes, token churn;
 - `models/gnn/<ds>/checkpoint.pt` and `codebooks.pt`, then `models/gnn/LATEST` (written last, so a night
@@ -114,7 +115,12 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
 
     active = [graph.user_ids[row] for row in graph.active_users()]
     tokens = {user: [t for view in model.views for t in view_tokens[view].get(user, [])] for user in active}
-    segments = {user: segment_id(user_tokens) for user, user_tokens in tokens.items()}
+    # A segment is a coarse taste (the first levels of every view); the finer tokens stay the user's own.
+    levels = settings.segment_levels
+    segment_tokens = {
+        user: [t for view in model.views for t in view_tokens[view].get(user, [])[:levels]] for user in active
+    }
+    segments = {user: segment_id(coarse) for user, coarse in segment_tokens.items()}
     hashes = interactions_hashes(events)
     churn = token_churn(last_tokens, tokens, hashes)
 
@@ -132,7 +138,7 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
 
     # 6. Run outputs, then the model version, then LATEST: whatever fails first leaves LATEST as it was.
     tokens_key = run_key(ds, TOKENS_FILE)
-    write_table(store, tokens_key, _tokens_table(active, tokens, segments, view_tokens, hashes))
+    write_table(store, tokens_key, _tokens_table(active, tokens, segment_tokens, segments, view_tokens, hashes))
     write_table(store, run_key(ds, DESCRIPTORS_FILE), descriptors)
     n_segments = len(set(segments.values()))
     report = {
@@ -163,6 +169,7 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         "quantization": quantization,
         "reconstruction_error": quantization[TEXT_VIEW]["reconstruction_error"],
         "segments": n_segments,
+        "segment_levels": levels,
         "token_churn": churn,
         "descriptors": len(descriptors),
         "descriptors_use_keywords": keywords is not None,
@@ -483,7 +490,7 @@ def _publish_latest(store: ObjectStore, version: str) -> None:
         store.put_bytes(GNN_LATEST_KEY, version.encode())
 
 
-def _tokens_table(users, tokens, segments, view_tokens, hashes):
+def _tokens_table(users, tokens, segment_tokens, segments, view_tokens, hashes):
     import pyarrow as pa
 
     tokens_type = pa.list_(pa.string())
@@ -491,6 +498,7 @@ def _tokens_table(users, tokens, segments, view_tokens, hashes):
         "user_id": (pa.string(), users),
         "tokens": (tokens_type, [tokens[user] for user in users]),
         "segment_id": (pa.string(), [segments[user] for user in users]),
+        "segment_tokens": (tokens_type, [segment_tokens[user] for user in users]),
     }
     for view, by_user in view_tokens.items():
         columns[f"{view}_tokens"] = (tokens_type, [by_user.get(user, []) for user in users])

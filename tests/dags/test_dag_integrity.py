@@ -62,8 +62,10 @@ def test_wiring_follows_the_nightly_flow(nightly):
         "keywords": {"keyword_shards"},
         "merge_keywords": {"keywords"},
         "preference_tokens": {"merge_keywords"},
+        "token_embeddings": {"preference_tokens"},
         "plan": {"preference_tokens"},
-        "generate": {"plan"},
+        "headlines": {"plan"},
+        "generate": {"plan", "headlines", "token_embeddings"},
         "publish": {"generate"},
     }
 
@@ -78,6 +80,11 @@ def test_expensive_stages_run_in_their_pools_and_generation_fans_out(nightly):
     keywords = nightly.get_task("keywords")
     assert isinstance(keywords, MappedOperator)
     assert keywords.pool == settings.pools.llm
+    # Token training runs the diffusion model: a GPU task; headlines run the keyword backend's LLM.
+    embeddings = nightly.get_task("token_embeddings")
+    assert (embeddings.pool, embeddings.queue) == (settings.pools.gpu, settings.pools.gpu_queue)
+    assert generate.queue == settings.pools.gpu_queue
+    assert nightly.get_task("headlines").pool == settings.pools.llm
 
 
 def test_publish_emits_the_manifest_asset(nightly):

@@ -37,18 +37,26 @@ def test_nightly_dag_end_to_end_and_idempotent_rerun(seeded_settings, test_size_
     assert quarantine["reason"].str.len().gt(0).all()
     assert read_json(store, run_key(run_date, "validation.json"))["extracted"] == extracted
 
-    # One manifest row per planned creative, each pointing at an image that exists and opens.
+    # One manifest row per planned creative, each pointing at an image that exists and opens; a segment's
+    # users share generations, and each creative is stored once.
     requests = read_frame(store, run_key(run_date, "requests.parquet"))
+    plan = read_json(store, run_key(run_date, "stats/plan.json"))
     manifest = manifest_of(store, run_date)
     assert len(requests) > 0
-    assert len(manifest) == int(requests["variants"].sum())
+    assert len(manifest) == int(requests["variants"].sum()) == plan["requested_creatives"]
     assert set(manifest["campaign_id"]) == set(requests["campaign_id"])
+    assert plan["generations"] == requests["signature"].nunique() < len(requests)
+    # The image view ran on the demo's item pictures, and every token in use got a learned row.
+    assert read_json(store, run_key(run_date, "preference_graph.json"))["items_with_image"] > 0
+    embeddings = read_json(store, run_key(run_date, "stats/token_embeddings.json"))
+    assert embeddings["trained_tokens"] == embeddings["tokens"] > 0
+    assert manifest["headline"].str.len().gt(0).all()
     size = settings.generation.image_size
     for key in manifest["image_key"].unique():
         image = Image.open(io.BytesIO(store.get_bytes(key)))
         image.load()
         assert image.size == (size, size)
-    assert np.isfinite(manifest[["d_p", "d_t", "z"]].to_numpy()).all()
+    assert np.isfinite(manifest[["d_p", "d_t", "consistency", "z"]].to_numpy()).all()
     alpha = manifest["alpha"]
     assert np.allclose(manifest["z"], alpha * np.log(manifest["d_p"]) + (1 - alpha) * np.log(manifest["d_t"]))
 
@@ -57,11 +65,15 @@ def test_nightly_dag_end_to_end_and_idempotent_rerun(seeded_settings, test_size_
     for campaign_id in manifest["campaign_id"].unique():
         assert f"Campaign {campaign_id}" in report
 
-    # The same date again: same names, same rows, no duplicates.
+    # The same date again: same names, same rows, no duplicates, and no image drawn or written again.
+    written = {key: store.path(key).stat().st_mtime_ns for key in manifest["image_key"].unique()}
     run_nightly_dag(settings, run_date)
+    assert {key: store.path(key).stat().st_mtime_ns for key in written} == written
     again = manifest_of(store, run_date)
     pd.testing.assert_frame_equal(
         manifest.drop(columns=["image_uri"]), again.drop(columns=["image_uri"]), check_like=True
     )
     creatives = [k for k in store.list_keys(f"creatives/ds={run_date}/") if k.endswith(".png")]
-    assert len(creatives) == manifest["creative_id"].nunique()
+    assert len(creatives) == manifest["creative_id"].nunique() < len(manifest)
+    # The rerun trained no token rows again and drew nothing again.
+    assert not read_json(store, run_key(run_date, "stats/token_embeddings.json"))["trained_now"]

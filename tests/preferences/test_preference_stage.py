@@ -61,9 +61,11 @@ def test_outputs_have_the_published_schema(settings, store, night_1, make_events
         assert all(parsed), tokens
         assert [int(m.group(1)) for m in parsed] == list(range(settings.token_levels))
         assert all(0 <= int(m.group(2)) < settings.token_codes for m in parsed)
-    # one segment per distinct token tuple
-    assert frame.groupby(frame["tokens"].map(tuple))["segment_id"].nunique().eq(1).all()
-    assert frame["segment_id"].nunique() == frame["tokens"].map(tuple).nunique()
+    # A segment is the users sharing their first `segment_levels` tokens of every view, and nothing else.
+    coarse = frame["tokens"].map(lambda tokens: tuple(tokens[: settings.segment_levels]))
+    assert (frame["segment_tokens"].map(tuple) == coarse).all()
+    assert frame.groupby(coarse)["segment_id"].nunique().eq(1).all()
+    assert frame["segment_id"].nunique() == coarse.nunique() < frame["tokens"].map(tuple).nunique()
 
     report = read_json(store, run_key(NIGHT_1, "preference_graph.json"))
     assert report["users"] == len(frame) == result["users"] == 50
@@ -287,6 +289,8 @@ def test_items_with_images_give_image_tokens(settings, store, night_1, make_item
         assert [t for t in row.tokens if t.startswith("<pref_txt_")] == list(row.txt_tokens)
         assert [t for t in row.tokens if t.startswith("<pref_img_")] == list(row.img_tokens)
         assert len(row.img_tokens) in (0, settings.token_levels)
-    assert frame["segment_id"].nunique() == frame["tokens"].map(tuple).nunique()
+        levels = settings.segment_levels
+        assert list(row.segment_tokens) == [*row.txt_tokens[:levels], *row.img_tokens[:levels]]
+    assert frame["segment_id"].nunique() == frame["segment_tokens"].map(tuple).nunique()
     descriptors = read_frame(store, run_key(NIGHT_1, "token_descriptors.parquet"))
     assert set(descriptors["view"]) == {"txt", "img"}

@@ -1,15 +1,14 @@
-"""The diffusion side of a shard: find the model, load it on the best device here, draw seeded images."""
+"""Local model folders, and the diffusion pipeline loaded from one: on the best device here, with the
+preference tokens' learned rows, and its tokenizer alone for counting a prompt's tokens."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
-    from PIL.Image import Image
-
-    from pmg_tasks.settings import Generation
 
 # The file `from_pretrained` reads first in a model directory of each role.
 MODEL_INDEX = {"diffusion": "model_index.json", "clip": "config.json", "llm": "config.json"}
@@ -43,6 +42,14 @@ def inference_device() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
+def training_device() -> tuple[str, torch.dtype]:
+    """("cuda", float32) when this worker has a GPU, else ("cpu", float32): token rows train in full
+    precision, where small gradient steps survive."""
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu"), torch.float32
+
+
 def load_diffusion_pipeline(directory: Path, device: str, dtype: torch.dtype):
     """The text-to-image pipeline saved in `directory` (its class comes from model_index.json), on `device`."""
     import diffusers
@@ -52,23 +59,26 @@ def load_diffusion_pipeline(directory: Path, device: str, dtype: torch.dtype):
     # Task logs are files: loading progress bars only add noise to them.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    pipeline = DiffusionPipeline.from_pretrained(directory, dtype=dtype).to(device)
+    # Loading straight into memory (without accelerate's meta-device path, which CPU installs leave out).
+    pipeline = DiffusionPipeline.from_pretrained(directory, dtype=dtype, low_cpu_mem_usage=False).to(device)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
 
-def render_images(pipeline, prompts: list[str], seeds: list[int], generation: Generation) -> list[Image]:
-    """One image per (prompt, seed), drawn in one batch. Each image has its own generator; they live on
-    the CPU so a seed gives the same starting noise on any device."""
-    import torch
+def apply_token_embeddings(pipeline, vectors: Mapping[str, torch.Tensor]) -> None:
+    """Makes each preference token a word of the pipeline's tokenizer with its learned input-embedding row,
+    through diffusers' own textual-inversion loader (one `{token: row}` state dict per token)."""
+    if vectors:
+        pipeline.load_textual_inversion([{token: vector.reshape(1, -1)} for token, vector in vectors.items()])
 
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-    with torch.inference_mode():
-        return pipeline(
-            prompt=prompts,
-            generator=generators,
-            num_inference_steps=generation.inference_steps,
-            guidance_scale=generation.guidance_scale,
-            height=generation.image_size,
-            width=generation.image_size,
-        ).images
+
+def prompt_tokenizer(directory: Path, tokens: Sequence[str] = ()):
+    """The diffusion pipeline's own tokenizer (its `tokenizer/` folder), with `tokens` added as single words,
+    for counting what a prompt costs of the text encoder's budget without loading any weights."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
+    new = [token for token in tokens if token not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_tokens(new)
+    return tokenizer

@@ -1,0 +1,235 @@
+"""PMG for a batch of generation requests, read top to bottom like the method (Shen et al., section 3.4):
+
+    encode the prompts (the preference tokens' learned rows reach the text encoder here)
+      -> draw k candidates per request (seeded latents -> denoise -> decode)
+      -> embed every candidate once and score it against the target item (d_t) and its headline (c)
+      -> give every user of the request their own best candidates by their own z (choice.py)
+
+It needs only a folder of models: in a notebook,
+
+    creatives = PersonalizedCreatives.from_models("models/sd", "models/clip", settings.generation)
+    for result in creatives(requests, seeds, audiences):
+        result.chosen_images()
+
+The Airflow shard (shard.py) wraps it with store I/O, naming and resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pmg_tasks.generate.choice import Choice, choose_per_user, preference_similarities, similarity
+
+if TYPE_CHECKING:
+    import torch
+    from PIL.Image import Image
+
+    from pmg_tasks.generate.scoring import Scorer
+    from pmg_tasks.settings import Generation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image to generate k ways, and how its users choose among the k."""
+
+    signature: str
+    campaign_id: str
+    prompt: str
+    negative_prompt: str
+    target_text: str
+    headline: str
+    alpha: float
+    consistency_weight: float
+    candidates: int
+    variants: int
+    # The target item's catalog image in the store, where d_t compares with it; "" for none.
+    target_image_key: str = ""
+
+    def __post_init__(self):
+        if not 1 <= self.variants <= self.candidates:
+            raise ValueError(
+                f"request {self.signature}: needs 1 <= variants <= candidates, "
+                f"got variants={self.variants}, candidates={self.candidates}"
+            )
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"request {self.signature}: alpha must lie in [0, 1], got {self.alpha}")
+
+
+REQUEST_COLUMNS = tuple(f.name for f in fields(GenerationRequest))
+
+
+@dataclass(frozen=True)
+class Chooser:
+    """A user who chooses among a request's candidates, by their own preference keywords."""
+
+    user_id: str
+    preference_text: str
+
+
+@dataclass
+class RequestResult:
+    """A request's k candidates with their scores, and every user's choice among them."""
+
+    request: GenerationRequest
+    images: list[Image]
+    d_t: np.ndarray
+    consistency: np.ndarray
+    users: list[str]
+    choice: Choice = field(repr=False)
+
+    def chosen_positions(self) -> list[int]:
+        """The candidates at least one user chose, in candidate order: the images worth keeping."""
+        return sorted({int(position) for position in self.choice.candidates.ravel()})
+
+
+class PersonalizedCreatives:
+    """A diffusion pipeline and a CLIP scorer, loaded once, drawing and choosing for batches of requests."""
+
+    def __init__(self, pipeline, scorer: Scorer, generation: Generation, target_reference: str = "keywords"):
+        self.pipeline = pipeline
+        self.scorer = scorer
+        self.generation = generation
+        self.target_reference = target_reference
+
+    @classmethod
+    def from_models(
+        cls,
+        diffusion_dir: str | Path,
+        clip_dir: str | Path,
+        generation: Generation,
+        token_embeddings: Mapping[str, torch.Tensor] | None = None,
+    ) -> PersonalizedCreatives:
+        """Both models from local folders on the best device here, with the preference tokens' rows."""
+        from pmg_tasks.generate.scoring import ClipScorer
+        from pmg_tasks.models.diffusion import (
+            apply_token_embeddings,
+            inference_device,
+            load_diffusion_pipeline,
+        )
+
+        device, dtype = inference_device()
+        pipeline = load_diffusion_pipeline(Path(diffusion_dir), device, dtype)
+        apply_token_embeddings(pipeline, token_embeddings or {})
+        return cls(pipeline, ClipScorer.load(Path(clip_dir), device, dtype), generation, generation.target_reference)
+
+    def __call__(
+        self,
+        requests: Sequence[GenerationRequest],
+        seeds: Mapping[str, Sequence[int]],
+        audiences: Mapping[str, Sequence[Chooser]],
+        target_images: Mapping[str, Image] | None = None,
+    ) -> Iterator[RequestResult]:
+        """Draws every request's candidates (`seeds[signature]`, one seed each) in batches of
+        `generation.batch_size` images and yields each request's result as soon as its last candidate is
+        in, so images are held only for requests still open."""
+        queue = [(request, seed) for request in requests for seed in seeds[request.signature]]
+        embedded_prompts: dict[tuple[str, str], tuple] = {}
+        preference_rows: dict[str, np.ndarray] = {}
+        drawn: dict[str, list[Image]] = {}
+        for start in range(0, len(queue), self.generation.batch_size):
+            batch = queue[start : start + self.generation.batch_size]
+            images = self.draw([(r.prompt, r.negative_prompt) for r, _ in batch], [s for _, s in batch],
+                               embedded_prompts)
+            for (request, _), image in zip(batch, images, strict=True):
+                drawn.setdefault(request.signature, []).append(image)
+                if len(drawn[request.signature]) == len(seeds[request.signature]):
+                    target_image = (target_images or {}).get(request.target_image_key)
+                    yield self.choose(
+                        request, drawn.pop(request.signature), audiences[request.signature], target_image,
+                        preference_rows,
+                    )  # fmt: skip
+            log.info("%d/%d candidate images drawn", start + len(batch), len(queue))
+
+    def encode_prompts(self, prompts: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Text-encoder states of each (prompt, negative prompt): the preference tokens in a prompt are looked
+        up as their learned rows here. Returns (prompt states, negative states or None without guidance)."""
+        guided = self.generation.guidance_scale > 1.0
+        positive, negative = self.pipeline.encode_prompt(
+            [p for p, _ in prompts], self.pipeline.device, 1, guided,
+            negative_prompt=[n for _, n in prompts] if guided else None,
+        )  # fmt: skip
+        return positive, negative
+
+    def draw(
+        self, prompts: Sequence[tuple[str, str]], seeds: Sequence[int], cache: dict | None = None
+    ) -> list[Image]:
+        """One image per (prompt, negative prompt) and seed, in one batch. Each distinct prompt is encoded once
+        (in `cache`, across batches); each image has its own generator on the CPU, so a seed gives the same
+        starting noise on any device."""
+        import torch
+
+        cache = {} if cache is None else cache
+        missing = list(dict.fromkeys(p for p in prompts if p not in cache))
+        if missing:
+            positive, negative = self.encode_prompts(missing)
+            for row, pair in enumerate(missing):
+                cache[pair] = (positive[row], None if negative is None else negative[row])
+        prompt_embeds = torch.stack([cache[p][0] for p in prompts])
+        negative_embeds = None if cache[prompts[0]][1] is None else torch.stack([cache[p][1] for p in prompts])
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        size = self.generation.image_size
+        with torch.inference_mode():
+            return self.pipeline(
+                prompt_embeds=prompt_embeds,
+                negative_prompt_embeds=negative_embeds,
+                generator=generators,
+                num_inference_steps=self.generation.inference_steps,
+                guidance_scale=self.generation.guidance_scale,
+                height=size,
+                width=size,
+            ).images
+
+    def choose(
+        self,
+        request: GenerationRequest,
+        images: list[Image],
+        choosers: Sequence[Chooser],
+        target_image: Image | None = None,
+        preference_rows: dict[str, np.ndarray] | None = None,
+    ) -> RequestResult:
+        """Scores the request's candidates once (d_t, c) and gives every chooser their own best by z."""
+        if not choosers:
+            raise ValueError(
+                f"request {request.signature} has no user to choose for: the plan stage writes each request "
+                "with its audience"
+            )
+        candidate_rows = self.scorer.image_embeddings(images)
+        d_t = self.target_similarities(request, candidate_rows, target_image)
+        [headline_row] = self.scorer.text_embeddings([request.headline or request.target_text])
+        consistency = similarity(candidate_rows @ headline_row)
+        users = [c.user_id for c in choosers]
+        d_p = preference_similarities(self._preference_rows(choosers, preference_rows), candidate_rows)
+        choice = choose_per_user(
+            d_p, d_t, request.alpha, request.variants, consistency, request.consistency_weight
+        )
+        return RequestResult(request, images, d_t, consistency, users, choice)
+
+    def target_similarities(
+        self, request: GenerationRequest, candidate_rows: np.ndarray, target_image: Image | None
+    ) -> np.ndarray:
+        """d_t of each candidate: to the target's keywords, its catalog image, or both (geometric mean), as
+        `target_reference` says; an item without an image is compared with its keywords."""
+        [text_row] = self.scorer.text_embeddings([request.target_text])
+        by_text = similarity(candidate_rows @ text_row)
+        if self.target_reference == "keywords" or target_image is None:
+            return by_text
+        [image_row] = self.scorer.image_embeddings([target_image])
+        by_image = similarity(candidate_rows @ image_row)
+        return by_image if self.target_reference == "image" else np.sqrt(by_text * by_image)
+
+    def _preference_rows(self, choosers: Sequence[Chooser], cache: dict[str, np.ndarray] | None) -> np.ndarray:
+        # A user is in a request per target item (and campaign): embed each preference text once.
+        cache = {} if cache is None else cache
+        texts = [c.preference_text for c in choosers]
+        missing = list(dict.fromkeys(t for t in texts if t not in cache))
+        if missing:
+            cache.update(zip(missing, self.scorer.text_embeddings(missing), strict=True))
+        return np.stack([cache[t] for t in texts])

@@ -1,0 +1,122 @@
+"""Publishing turns the night's choices into manifests (one row per user, target item and rank), a report and
+`_SUCCESS`, written last; the manifests read back as one dataset with pandas, pyarrow and DuckDB."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pmg_tasks.layout import manifest_key, report_key, run_key, shard_result_key, success_key
+from pmg_tasks.publish import MANIFEST_COLUMNS, publish_run
+from pmg_tasks.settings import Settings
+from pmg_tasks.store import open_store, read_frame, write_table
+from tests.conftest import DS
+from tests.pipeline import run_stages_until
+
+
+@pytest.fixture(scope="module")
+def generated_home(tmp_path_factory, test_size_models):
+    """A seeded shop run through every stage up to publish, once for the module."""
+    from pmg_tasks.cli import seed_demo
+
+    home = tmp_path_factory.mktemp("generated") / "pmg"
+    settings = Settings(home=home, models=test_size_models)
+    seed_demo(settings, DS, users=60, items=40, days=7, overwrite_campaigns=True)
+    run_stages_until(settings, DS, "generate")
+    return home
+
+
+@pytest.fixture
+def generated(generated_home, tmp_path, test_size_models) -> Settings:
+    home = tmp_path / "pmg"
+    shutil.copytree(generated_home, home)
+    return Settings(home=home, models=test_size_models)
+
+
+def manifests(settings: Settings) -> pd.DataFrame:
+    store = open_store(settings)
+    keys = [k for k in store.list_keys(f"manifests/ds={DS}/") if k.endswith("manifest.parquet")]
+    return pd.concat([read_frame(store, k) for k in keys], ignore_index=True)
+
+
+def test_one_row_per_user_target_and_rank_and_each_creative_stored_once(generated):
+    result = publish_run(generated, DS)
+    store = open_store(generated)
+    requests = read_frame(store, run_key(DS, "requests.parquet"))
+    manifest = manifests(generated)
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    assert len(manifest) == result["rows"] == int(requests["variants"].sum())
+    per_request = manifest.groupby(["campaign_id", "user_id", "item_id"])["rank"].apply(list)
+    wanted = requests.set_index(["campaign_id", "user_id", "item_id"])["variants"]
+    assert all(per_request[key] == list(range(1, v + 1)) for key, v in wanted.items())
+    assert manifest["image_key"].map(store.exists).all()
+    pngs = [k for k in store.list_keys(f"creatives/ds={DS}/") if k.endswith(".png")]
+    assert len(pngs) == manifest["creative_id"].nunique()
+    # Shared generations: some creative went to more than one user (the demo's segments hold several).
+    assert manifest.groupby("creative_id")["user_id"].nunique().max() > 1
+    assert np.isfinite(manifest[["d_p", "d_t", "consistency", "z"]].to_numpy()).all()
+    assert manifest["headline"].str.len().gt(0).all()
+    assert (manifest["token_embeddings"].str.startswith(f"tokens-{DS}-")).all()
+    assert store.exists(success_key(DS))
+
+
+def test_the_manifests_root_reads_as_one_dataset_with_pandas_pyarrow_and_duckdb(generated):
+    import duckdb
+    import pyarrow.parquet as pq
+
+    publish_run(generated, DS)
+    store = open_store(generated)
+    root = store.path("manifests")
+    expected = len(manifests(generated))
+    by_pandas = pd.read_parquet(root)
+    assert len(by_pandas) == expected and set(by_pandas["ds"].astype(str)) == {DS}
+    assert set(by_pandas["campaign"].astype(str)) == set(by_pandas["campaign_id"])
+    assert pq.read_table(root).num_rows == expected
+    by_duckdb = duckdb.sql(
+        f"SELECT ds, count(*) AS n FROM read_parquet('{root}/**/*.parquet', hive_partitioning = true) GROUP BY ds"
+    ).fetchall()
+    assert [(str(ds), n) for ds, n in by_duckdb] == [(DS, expected)]
+
+
+def test_the_report_escapes_what_comes_from_the_data_and_prints_no_missing_values(generated):
+    store = open_store(generated)
+    generations = read_frame(store, run_key(DS, "generations.parquet"))
+    generations.loc[0, "prompt"] = "<script>alert(1)</script>"
+    write_table(store, run_key(DS, "generations.parquet"), generations)
+    publish_run(generated, DS)
+    report = store.get_bytes(report_key(DS)).decode()
+    assert "<script>alert(1)</script>" not in report and "&lt;script&gt;" in report
+    for campaign_id in ("winter-classics", "sci-fi-weekend"):
+        assert f"Campaign {campaign_id}" in report
+    assert "distinct generations" in report
+    for missing in ("None", "nan", "NaN", "null"):
+        assert f">{missing}<" not in report and f": {missing}" not in report
+
+
+def test_publish_refuses_when_a_shard_did_not_finish(generated):
+    store = open_store(generated)
+    store.delete_prefix(shard_result_key(DS, 0))
+    with pytest.raises(RuntimeError, match=r"generate shards \[0\] .* rerun the failed generate"):
+        publish_run(generated, DS)
+    assert not store.exists(success_key(DS))
+
+
+def test_a_user_with_fewer_creatives_than_planned_stops_publishing(generated):
+    store = open_store(generated)
+    result = read_frame(store, shard_result_key(DS, 0))
+    write_table(store, shard_result_key(DS, 0), result.iloc[1:])
+    with pytest.raises(RuntimeError, match="fewer creatives than planned"):
+        publish_run(generated, DS)
+    assert not store.exists(success_key(DS))
+
+
+def test_a_campaign_dropped_since_the_last_attempt_loses_its_manifest(generated):
+    publish_run(generated, DS)
+    store = open_store(generated)
+    stale = manifest_key(DS, "retired-campaign")
+    store.put_bytes(stale, b"old")
+    publish_run(generated, DS)
+    assert not store.exists(stale)
