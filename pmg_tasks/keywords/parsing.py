@@ -30,6 +30,11 @@ _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _LINE = re.compile(r"^\s*[-*\d.)\s]*\"?([A-Za-z_ ]{1,40})\"?\s*[:=]\s*(.+?)\s*$")
 
 
+def reads_like_instruction(text: str) -> bool:
+    """Whether `text` addresses a language model (an injection, a chat artefact) rather than naming a thing."""
+    return bool(_NOT_A_KEYWORD.search(text))
+
+
 @dataclass(frozen=True)
 class Parsed:
     """Keywords per field, normalised; `repaired` when the text was not exactly the declared shape."""
