@@ -41,6 +41,7 @@ def images(tmp_path):
     Image.new("RGB", (8, 8), (200, 10, 10)).save(folder / "vise.png")
     Image.new("RGB", (8, 8), (10, 10, 200)).save(folder / "spool.jpg", format="JPEG")
     (folder / "notes.png").write_bytes(b"not an image at all")
+    (folder / "cut.png").write_bytes(_png()[:-20])  # an upload cut short: the header reads, the pixels do not
     return folder
 
 
@@ -64,6 +65,7 @@ BAD_ROWS = [
     (b"B001,Duplicate Vise,,Wilton,,,", "duplicate_item_id", "already in row 1 of the file"),
     (b"B013,Missing Picture,,,,images/absent.png,", "image_unreadable", "no file"),
     (b"B014,Not A Picture,,,,images/notes.png,", "image_unreadable", "not an image"),
+    (b"B019,Cut Picture,,,,images/cut.png,", "image_unreadable", "is damaged"),
     (b"B015,Web Picture,,,,https://example.com/a.png,", "image_unreadable", "fetches nothing over the network"),
     (b"B016,Outside The Store,,,,../../etc/passwd,", "image_unreadable", "no file"),
     (b'B017,Bad Attributes,,,,,{oops', "attributes_not_json", "{oops is not a JSON object"),
@@ -117,7 +119,7 @@ def test_a_catalog_is_imported_cleaned_and_every_rejected_row_has_its_reason(tmp
     assert result["images_copied"] == 2
 
     summary = describe_import(result)
-    assert "rejected 12 rows" in summary and "duplicate_item_id" in summary and "U+FFFD" in summary
+    assert "rejected 13 rows" in summary and "duplicate_item_id" in summary and "U+FFFD" in summary
     assert "PMG_KEYWORDS__SCENARIO=product_banners" in summary
 
 

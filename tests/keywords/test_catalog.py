@@ -49,6 +49,8 @@ def test_noun_phrases_stay_whole_and_numbers_units_codes_and_brands_go():
     drill = title_phrases(RETAIL[4]["title"], vocabulary, "dewalt")
     assert "drill driver kit" in drill  # a run of more than three words keeps its head (the tail) whole
     assert not {"dcd771c2", "20v", "dewalt"} & {w for p in drill for w in p.split()}
+    # The item's own brand goes wherever it stands in the title.
+    assert title_phrases("Bench Vise, Wilton Pro Series", brand="wilton") == ["bench vise", "pro series"]
     # A catalog brand that opens a title goes even where the item names no brand.
     assert title_phrases(RETAIL[5]["title"], vocabulary) == ["tape measure"]
 
