@@ -37,6 +37,7 @@ from pmg_tasks.importers.source import (
     describe,
     file_format,
     lenient_text,
+    parse_pairs,
     read_params,
     read_sql,
     readable_file,
@@ -52,22 +53,6 @@ log = logging.getLogger(__name__)
 
 REQUIRED = ("user_id", "item_id", "event_type", "event_ts")
 EXAMPLES = 5
-
-
-def parse_pairs(spec: str | Iterable[str] | None, what: str) -> list[tuple[str, str]]:
-    """[(target, source), ...] from 'a=x,b=y' (or several such strings)."""
-    if spec is None:
-        return []
-    parts: list[str] = []
-    for chunk in [spec] if isinstance(spec, str) else spec:
-        parts += [p.strip() for p in chunk.split(",") if p.strip()]
-    pairs = []
-    for part in parts:
-        target, sep, source = part.partition("=")
-        if not sep or not target.strip() or not source.strip():
-            raise ImportDataError(f"{what} entry {part!r} is not TARGET=SOURCE")
-        pairs.append((target.strip(), source.strip()))
-    return pairs
 
 
 def parse_mapping(spec: str | Iterable[str] | dict[str, str] | None) -> dict[str, str]:

@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pmg_tasks.importers.events_file import parse_pairs
 from pmg_tasks.importers.source import (
     ImportDataError,
     column,
@@ -48,6 +47,7 @@ from pmg_tasks.importers.source import (
     describe,
     file_format,
     lenient_text,
+    parse_pairs,
     read_params,
     read_sql,
     readable_file,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,6 +74,22 @@ def working_connection(
             yield con
         finally:
             con.close()
+
+
+def parse_pairs(spec: str | Iterable[str] | None, what: str) -> list[tuple[str, str]]:
+    """[(target, source), ...] from 'a=x,b=y' (or several such strings)."""
+    if spec is None:
+        return []
+    parts: list[str] = []
+    for chunk in [spec] if isinstance(spec, str) else spec:
+        parts += [p.strip() for p in chunk.split(",") if p.strip()]
+    pairs = []
+    for part in parts:
+        target, sep, source = part.partition("=")
+        if not sep or not target.strip() or not source.strip():
+            raise ImportDataError(f"{what} entry {part!r} is not TARGET=SOURCE")
+        pairs.append((target.strip(), source.strip()))
+    return pairs
 
 
 def file_format(path: Path, declared: str | None = None) -> str:
