@@ -56,6 +56,9 @@ campaigns:
 
 def bench_modes(users: int, items: int, workdir: Path) -> dict:
     """Both personalization modes over one shop, from the same front half."""
+    import dataclasses
+    import datetime as dt
+
     from pmg_tasks.demo.seed import make_shop, seed_warehouse, write_item_images
     from pmg_tasks.extract import extract_clickstream
     from pmg_tasks.histories import build_histories
@@ -67,9 +70,6 @@ def bench_modes(users: int, items: int, workdir: Path) -> dict:
     from pmg_tasks.tokens.stage import train_token_embeddings
     from pmg_tasks.validation.stage import validate_events
     from pmg_tasks.warehouse import connect
-
-    import dataclasses
-    import datetime as dt
 
     models = build_test_size_models(workdir / "models")
     generation = Generation(image_size=32, inference_steps=1, guidance_scale=1.0, batch_size=32,

@@ -1,11 +1,13 @@
 """The `pmg` command.
 
+    pmg run --ds DATE [--campaigns F]   run the nightly DAG through Airflow on the configured warehouse and store
     pmg demo run                        seed, build test-size models, run the nightly DAG, print outputs
     pmg demo seed                       seed the embedded warehouse and a campaigns file
     pmg models build-test-size --out D  tiny random models for every role, saved with save_pretrained
     pmg settings                        the effective settings, as PMG_* variables
     pmg import movielens DIR            import a MovieLens folder into the warehouse
     pmg import events FILE --map T=S    import a CSV/Parquet clickstream through a column mapping
+    pmg import items FILE --map T=S     import an item catalog (CSV, Parquet, JSON Lines) through a column mapping
 """
 
 from __future__ import annotations
@@ -64,17 +66,65 @@ def with_test_size_models(settings: Settings) -> Settings:
 
 
 def demo_run(args: argparse.Namespace) -> int:
-    from pmg_tasks.demo.run import run_nightly_dag
-    from pmg_tasks.layout import creatives_prefix, report_key, run_key, success_key
-    from pmg_tasks.store import LocalStore, open_store, read_json
+    from pmg_tasks.airflow_run import NightlyRunError, run_nightly_dag
+    from pmg_tasks.demo.ownership import DemoWarehouseInUse
 
-    settings = with_test_size_models(Settings())
+    settings = Settings()
     print(f"pmg home: {settings.home}")
-    seeded = seed_demo(settings, args.ds, args.users, args.items, args.days, overwrite_campaigns=False)
+    try:
+        seeded = seed_demo(settings, args.ds, args.users, args.items, args.days, overwrite_campaigns=False)
+    except DemoWarehouseInUse as error:
+        print(f"pmg demo: {error}", file=sys.stderr)
+        return 2
     print(f"seeded {seeded['events']} events, {seeded['items']} items, {seeded['users']} users; "
           f"campaigns: {seeded['campaigns_file']}")
+    settings = with_test_size_models(settings)
     print(f"running the {args.ds} nightly DAG through Airflow (a minute or two)...")
-    log_file = run_nightly_dag(settings, args.ds)
+    try:
+        run = run_nightly_dag(settings, args.ds)
+    except NightlyRunError as error:
+        print(f"pmg demo: {error}", file=sys.stderr)
+        return 1
+    return print_outputs(settings, args.ds, run.log_file)
+
+
+def nightly_run(args: argparse.Namespace) -> int:
+    """`pmg run`: the nightly DAG through Airflow on the configured warehouse, store and models."""
+    from pmg_tasks.airflow_run import NightlyRunError, run_nightly_dag
+    from pmg_tasks.campaigns import CampaignError, load_campaigns
+
+    settings = Settings()
+    if args.campaigns:
+        settings = settings.model_copy(update={"campaigns_file": str(Path(args.campaigns).expanduser().resolve())})
+    try:
+        dt.date.fromisoformat(args.ds)
+    except ValueError:
+        print(f"pmg run: --ds {args.ds!r} is not a date; write it as YYYY-MM-DD", file=sys.stderr)
+        return 2
+    missing = [f"PMG_MODELS__{role.upper()}" for role in ("diffusion", "clip") if not getattr(settings.models, role)]
+    if missing:
+        print(f"pmg run: {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: point "
+              f"{'it' if len(missing) == 1 else 'them'} at local model folders (or make test-size ones with "
+              "`pmg models build-test-size --out DIR`, which prints the settings)", file=sys.stderr)
+        return 2
+    try:
+        load_campaigns(settings.campaigns_file)
+    except CampaignError as error:
+        print(f"pmg run: {error} (or pass --campaigns PATH)", file=sys.stderr)
+        return 2
+    print(f"running pmg_nightly for {args.ds} through Airflow on {settings.store_root}...")
+    try:
+        run = run_nightly_dag(settings, args.ds)
+    except NightlyRunError as error:
+        print(f"pmg run: {error}", file=sys.stderr)
+        return 1
+    return print_outputs(settings, args.ds, run.log_file)
+
+
+def print_outputs(settings: Settings, ds: str, log_file: Path) -> int:
+    """Where a finished night's creatives, manifests and report are; 1 when the success marker is missing."""
+    from pmg_tasks.layout import creatives_prefix, report_key, run_key, success_key
+    from pmg_tasks.store import LocalStore, open_store, read_json
 
     store = open_store(settings)
 
@@ -82,17 +132,17 @@ def demo_run(args: argparse.Namespace) -> int:
         # A person copies a local path into a file browser more happily than a percent-encoded URI.
         return str(store.path(key)) if isinstance(store, LocalStore) else store.url(key)
 
-    if not store.exists(success_key(args.ds)):
-        print(f"the DAG finished but {success_key(args.ds)} is missing; see {log_file}", file=sys.stderr)
+    if not store.exists(success_key(ds)):
+        print(f"the DAG finished but {success_key(ds)} is missing; see {log_file}", file=sys.stderr)
         return 1
-    success = read_json(store, success_key(args.ds))
-    validation = read_json(store, run_key(args.ds, "validation.json"))
+    success = read_json(store, success_key(ds))
+    validation = read_json(store, run_key(ds, "validation.json"))
     print(f"\nDone: {success['rows']} creatives; {validation['valid']} valid and {validation['quarantined']} "
           f"quarantined events of {validation['extracted']}.")
-    print(f"  creatives: {where(creatives_prefix(args.ds))}/")
+    print(f"  creatives: {where(creatives_prefix(ds))}/")
     for campaign, key in sorted(success["manifests"].items()):
         print(f"  manifest ({campaign}): {where(key)}")
-    print(f"  report:    {where(report_key(args.ds))}")
+    print(f"  report:    {where(report_key(ds))}")
     print(f"  airflow log: {log_file}")
     return 0
 
@@ -100,6 +150,15 @@ def demo_run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pmg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "run", help="run the nightly DAG through Airflow on the configured warehouse and store",
+        description="Migrates Airflow's metadata database (in PMG_HOME/airflow), sets the pools and runs the "
+        "real pmg_nightly DAG for one date (airflow dags test). Fails, with the reason, when Airflow runs "
+        "nothing or a task does not succeed.",
+    )
+    run.add_argument("--ds", required=True, help="the date to process, YYYY-MM-DD")
+    run.add_argument("--campaigns", type=Path, help="the campaigns file (default: PMG_CAMPAIGNS_FILE)")
 
     demo = commands.add_parser("demo", help="the embedded demo").add_subparsers(dest="demo_command", required=True)
     for name, helptext in (("run", "seed, then run the nightly DAG end to end"), ("seed", "seed only")):
@@ -124,10 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    if args.command == "run":
+        return nightly_run(args)
     if args.command == "demo" and args.demo_command == "run":
         return demo_run(args)
     if args.command == "demo":
-        seeded = seed_demo(Settings(), args.ds, args.users, args.items, args.days, args.overwrite_campaigns)
+        from pmg_tasks.demo.ownership import DemoWarehouseInUse
+
+        try:
+            seeded = seed_demo(Settings(), args.ds, args.users, args.items, args.days, args.overwrite_campaigns)
+        except DemoWarehouseInUse as error:
+            print(f"pmg demo: {error}", file=sys.stderr)
+            return 2
         print(seeded)
         return 0
     if args.command == "import":

@@ -89,10 +89,13 @@ def template_headline(title: str, preference_words: Sequence[str], target_words:
 def accept_headline(answer: str, denylist: Denylist, chars: int) -> str | None:
     """The model's headline made safe to print (one line, capped at a word), or None when it is no headline
     to print: empty, instruction-like, markup, or holding a denied word."""
-    from pmg_tasks.keywords.parsing import looks_like_instruction
+    from pmg_tasks.keywords.parsing import reads_like_instruction_or_markup
 
+    # Markup is judged on the raw answer: cleaning would strip it and hide that the model wrote code.
+    if reads_like_instruction_or_markup(answer):
+        return None
     text = clean_text(answer, chars * 2).strip(" \"'“”")
-    if not text or looks_like_instruction(text) or denylist.denies(text):
+    if not text or reads_like_instruction_or_markup(text) or denylist.denies(text):
         return None
     if not any(char.isalpha() for char in text):
         return None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from pmg_tasks.layout import run_key
 from pmg_tasks.store import open_store, read_frame, write_json, write_table
-from pmg_tasks.text_safety import clean_keyword, clean_text, split_categories
+from pmg_tasks.text_safety import clean_keyword, clean_text, is_missing, split_categories
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,25 +30,36 @@ ITEM_KEYWORD_ATTRIBUTES = ("mood", "style", "era", "country", "genre", "color", 
 
 
 def item_keywords(attributes_json: object, limit: int = 4) -> list[str]:
-    """The catalog's own words for an item: its attribute values, in a fixed attribute order."""
-    try:
-        attributes = json.loads(attributes_json) if attributes_json else {}
-    except (TypeError, ValueError):
-        attributes = {}
-    if not isinstance(attributes, dict):
-        return []
+    """The catalog's own words for an item: its attribute values, in a fixed attribute order. Missing
+    values (null, NaN, "nan", ...) and values that are not words (true/false, lists, objects) are left out."""
+    attributes = parse_attributes(attributes_json)
     ordered = [attributes[a] for a in ITEM_KEYWORD_ATTRIBUTES if a in attributes]
     ordered += [v for k, v in sorted(attributes.items()) if k not in ITEM_KEYWORD_ATTRIBUTES]
-    words = [clean_keyword(v) for v in ordered if isinstance(v, str | int | float)]
+    words = [clean_keyword(v) for v in ordered if isinstance(v, str | int | float) and not isinstance(v, bool)]
     return list(dict.fromkeys(w for w in words if w))[:limit]
 
 
+def parse_attributes(attributes_json: object) -> dict:
+    """An item's attributes as a dict: from JSON text (the warehouse's form) or a mapping; {} otherwise."""
+    if isinstance(attributes_json, dict):
+        return attributes_json
+    if not isinstance(attributes_json, str | bytes) or is_missing(attributes_json):
+        return {}
+    try:
+        attributes = json.loads(attributes_json)
+    except (TypeError, ValueError):
+        return {}
+    return attributes if isinstance(attributes, dict) else {}
+
+
 def render_item(title: object, categories: object, attributes: object) -> str:
-    """PMG's item template: `Title (categories): kw1, kw2, ...`, every part cleaned and capped."""
-    cats = ", ".join(split_categories(categories)) or "uncategorised"
+    """PMG's item template: `Title (categories): kw1, kw2, ...`, every part cleaned and capped. A part
+    the catalog does not have is left out, never written as a placeholder."""
+    cats = ", ".join(split_categories(categories))
     keywords = ", ".join(item_keywords(attributes))
-    line = f"{clean_text(title, 120)} ({cats})"
-    return f"{line}: {keywords}" if keywords else line
+    name = clean_text(title, 120)
+    line = f"{name} ({cats})" if name and cats else name or cats
+    return f"{line}: {keywords}" if line and keywords else line or keywords
 
 
 def rank_engagements(events: pd.DataFrame) -> pd.DataFrame:

@@ -67,6 +67,11 @@ def keyword_plan_key(ds: str) -> str:
     return run_key(ds, "keywords/plan.json")
 
 
+def keyword_vocabulary_key(ds: str) -> str:
+    """The catalog's title statistics, computed once per keyword stage run (keywords/catalog.py)."""
+    return run_key(ds, "keywords/catalog_vocabulary.json")
+
+
 GNN_MODELS_PREFIX = "models/gnn/"
 # Names the model version in force; written last, so a failed night leaves the previous one in place.
 GNN_LATEST_KEY = GNN_MODELS_PREFIX + "LATEST"

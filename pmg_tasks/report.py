@@ -36,6 +36,8 @@ def _measured(value: object) -> bool:
 
 
 def _value(value: object) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "—"  # a figure a stage did not have: a dash, never "None" or "nan"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

@@ -41,8 +41,12 @@ class ObjectStore(Protocol):
         ...
 
 
+# Local objects are readable by everyone who can reach the folder, writable by their writer only.
+PUBLISHED_MODE = 0o644
+
+
 class LocalStore:
-    """A folder on disk. Keys are relative POSIX paths below `root`."""
+    """A folder on disk. Keys are relative POSIX paths below `root`; objects are written 0644."""
 
     def __init__(self, root: str | Path):
         self.root = str(Path(root).expanduser().resolve())
@@ -93,6 +97,9 @@ class LocalStore:
         tmp = Path(tmp_name)
         try:
             yield tmp
+            # mkstemp made it 0600 (and a writer may have recreated it): a published object is for its
+            # readers, the group and others too.
+            os.chmod(tmp, PUBLISHED_MODE)
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)

@@ -127,6 +127,11 @@ class Warehouse:
         return self._engine
 
     @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages."""
+        return _safe_url(self.url)
+
+    @property
     def dialect(self) -> str:
         """'duckdb', 'postgresql', ...: what a caller needs to pick engine-specific statements."""
         return "duckdb" if self.is_duckdb else self._engine.dialect.name
@@ -166,6 +171,15 @@ class Warehouse:
         if not self.is_duckdb:
             for statement in _split_statements(load_sql("indexes.sql")):
                 self.execute(statement)
+
+    def has_table(self, name: str) -> bool:
+        """Whether a table of that name exists in the schema this connection works in."""
+        rows = self.fetch_rows(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = :name "
+            "AND table_schema = current_schema()",
+            {"name": name},
+        )
+        return bool(rows[0][0])
 
     def fetch_rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
         """All rows of `sql` as tuples (for small results)."""

@@ -53,7 +53,7 @@ def test_purchase_outranks_views_and_dwell_breaks_ties():
 
 def test_render_item_follows_the_template_and_cleans_hostile_titles():
     line = render_item("The \x1b[31mRed\x00 Door\n", "Drama|Romance", json.dumps({"mood": "dark", "era": "1990s"}))
-    assert line == "The [31mRed Door (Drama, Romance): dark, 1990s"
+    assert line == "The Red Door (Drama, Romance): dark, 1990s"
     assert len(render_item("x" * 10_000, "Drama", None)) < 200
 
 

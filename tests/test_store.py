@@ -76,3 +76,16 @@ def test_s3_store_contract_against_a_real_s3_api_server(s3_server):
 def test_open_store_defaults_to_a_local_folder_in_home(tmp_path):
     store = open_store(Settings(home=tmp_path))
     assert isinstance(store, LocalStore) and store.root == str(tmp_path / "store")
+
+
+def test_local_objects_are_published_readable_by_group_and_others(tmp_path):
+    import stat
+
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("reports/ds=2026-11-20/index.html", b"<html></html>")
+    write_table(store, "manifests/ds=2026-11-20/campaign=c/manifest.parquet", pd.DataFrame({"a": [1]}))
+    with store.writing("creatives/ds=2026-11-20/a.png") as path:
+        path.unlink()  # a writer that recreates the file (DuckDB's COPY does) still publishes 0644
+        path.write_bytes(b"png")
+    for key in store.list_keys(""):
+        assert stat.S_IMODE(store.path(key).stat().st_mode) == 0o644, key

@@ -254,10 +254,15 @@ campaigns:
 
 
 def seed_warehouse(warehouse, shop: SyntheticShop) -> dict[str, int]:
-    """Write the shop through the DDL in sql/; replaces what was there, so seeding is repeatable."""
+    """Write the shop through the DDL in sql/; replaces what the demo seeded before, so seeding is
+    repeatable, and refuses (DemoWarehouseInUse) a warehouse that holds anything else."""
+    from pmg_tasks.demo.ownership import check_demo_may_seed, record_demo_seed
+
     warehouse.apply_ddl()
+    check_demo_may_seed(warehouse)
     counts = {}
     for table, frame in (("items", shop.items), ("users", shop.users), ("events", shop.events)):
         warehouse.execute(f"DELETE FROM {table}")
         counts[table] = warehouse.insert_frame(table, frame)
+    record_demo_seed(warehouse)
     return counts

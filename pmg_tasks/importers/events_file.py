@@ -1,4 +1,4 @@
-"""Import a clickstream file (CSV or Parquet) into the warehouse's events table, through a column mapping.
+"""Import a clickstream file (CSV, Parquet or JSON Lines) into the warehouse's events table, through a column mapping.
 
     pmg import events clicks.csv --map event_id=id,user_id=uid,item_id=sku,event_type=action,event_ts=time \
         --types view=pageview,add_to_cart=basket --ts-unit ms
@@ -12,6 +12,9 @@
   validation quarantines the ones it does not know, with the reason.
 - event_ts: epoch numbers in `--ts-unit` (s, ms, us), or ISO-8601 text (converted to UTC when it carries
   an offset, taken as UTC when it does not), or a Parquet timestamp.
+
+Bytes that are not UTF-8 become U+FFFD and are counted per column (`invalid_utf8_replaced`): the row
+goes in, and validation judges what is left of it.
 
 Rows that can never be used are not imported, and are counted with examples in the result: an event_ts
 that cannot be read (no extraction window would ever contain it) and a mapped event_id that is empty
@@ -30,10 +33,15 @@ from pathlib import Path
 from pmg_tasks.importers.source import (
     ImportDataError,
     column,
+    count_replaced,
     describe,
     file_format,
+    lenient_text,
+    parse_pairs,
     read_params,
     read_sql,
+    readable_file,
+    replaced_text,
     timestamp_sql,
     transfer,
     working_connection,
@@ -45,22 +53,6 @@ log = logging.getLogger(__name__)
 
 REQUIRED = ("user_id", "item_id", "event_type", "event_ts")
 EXAMPLES = 5
-
-
-def parse_pairs(spec: str | Iterable[str] | None, what: str) -> list[tuple[str, str]]:
-    """[(target, source), ...] from 'a=x,b=y' (or several such strings)."""
-    if spec is None:
-        return []
-    parts: list[str] = []
-    for chunk in [spec] if isinstance(spec, str) else spec:
-        parts += [p.strip() for p in chunk.split(",") if p.strip()]
-    pairs = []
-    for part in parts:
-        target, sep, source = part.partition("=")
-        if not sep or not target.strip() or not source.strip():
-            raise ImportDataError(f"{what} entry {part!r} is not TARGET=SOURCE")
-        pairs.append((target.strip(), source.strip()))
-    return pairs
 
 
 def parse_mapping(spec: str | Iterable[str] | dict[str, str] | None) -> dict[str, str]:
@@ -118,11 +110,15 @@ def import_events_file(
     fmt = file_format(path, fmt)
     warehouse.apply_ddl()
 
-    with working_connection(warehouse, memory_limit) as con:
-        from_sql = read_sql(fmt, delimiter=delimiter, encoding=encoding)
-        params = read_params(path, delimiter=delimiter, encoding=encoding)
+    with working_connection(warehouse, memory_limit) as con, readable_file(path, fmt, encoding) as (readable, recoded):
+        from_sql = read_sql(fmt, delimiter=delimiter)
+        params = read_params(readable, delimiter=delimiter)
         found = describe(con, from_sql, params)
         sources = _resolve(mapping, found, path)
+        raw = {s: lenient_text(con, f"src.{column(s)}", found[s]) for s in sources.values() if s is not None}
+        lenient = recoded or any(found[s].upper() == "BLOB" for s in raw)
+        replaced = count_replaced(con, from_sql, params, raw) if lenient else {}
+        text_of = {s: replaced_text(r) if lenient else r for s, r in raw.items()}
 
         con.execute(
             "CREATE OR REPLACE TEMP TABLE import_type_map (source VARCHAR, target VARCHAR)"
@@ -130,7 +126,7 @@ def import_events_file(
         if event_types:
             con.executemany("INSERT INTO import_type_map VALUES (?, ?)", [[s, t] for t, s in event_types])
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE import_mapped AS {_mapped_sql(from_sql, sources, found, ts_unit)}",
+            f"CREATE OR REPLACE TEMP TABLE import_mapped AS {_mapped_sql(from_sql, sources, text_of, found, ts_unit)}",
             params,
         ).fetchall()
 
@@ -161,11 +157,14 @@ def import_events_file(
         "rejected": {"event_ts_unreadable": bad_ts, "event_id_missing": bad_id},
         "rejected_event_ts_examples": [r[0] for r in examples],
         "dwell_unreadable_imported_as_null": bad_dwell,
+        "invalid_utf8_replaced": replaced,
         "events_inserted": inserted,
         "events_already_present": rows - bad_ts - bad_id - inserted,
         "users_added": users,
         "mapping": sources,
     }
+    for name, count in replaced.items():
+        log.warning("%s: column %s held bytes that are not UTF-8 in %d rows; each became U+FFFD", path, name, count)
     if bad_ts or bad_id:
         log.warning(
             "%s: %d rows not imported (%d with an unreadable event_ts, e.g. %s; %d without an event_id)",
@@ -210,12 +209,15 @@ def _resolve(mapping: dict[str, str], found: dict[str, str], path: Path) -> dict
     return sources
 
 
-def _mapped_sql(from_sql: str, sources: dict[str, str | None], found: dict[str, str], ts_unit: str) -> str:
-    """SQL: the file's rows as events columns, plus the raw event_ts and dwell text for the report."""
+def _mapped_sql(
+    from_sql: str, sources: dict[str, str | None], text_of: dict[str, str], found: dict[str, str], ts_unit: str
+) -> str:
+    """SQL: the file's rows as events columns, plus the raw event_ts and dwell text for the report.
+    `text_of` maps a file column to its (leniently decoded) text expression."""
 
     def text(target: str) -> str:
         source = sources[target]
-        return "CAST(NULL AS VARCHAR)" if source is None else f"CAST(src.{column(source)} AS VARCHAR)"
+        return "CAST(NULL AS VARCHAR)" if source is None else text_of[source]
 
     ts_source = sources["event_ts"]
     event_ts = timestamp_sql(f"src.{column(ts_source)}", found[ts_source], ts_unit)

@@ -25,15 +25,14 @@ _NOT_A_KEYWORD = re.compile(
     re.IGNORECASE,
 )
 _MARKUP = re.compile(r"<\s*/?\s*[a-z!?]|[{}]|&#?\w+;", re.IGNORECASE)
-# The part of _NOT_A_KEYWORD that says "this is not copy" for any text, not only for a keyword.
-_INSTRUCTION = re.compile(
-    r"\b(?:ignore|disregard|forget|override)\b.*\b(?:instructions?|prompts?|rules|above|previous)\b"
-    r"|\b(?:system|developer) (?:prompt|message)\b|\byou are (?:now|an?)\b|\bas an ai\b|https?:|www\.",
-    re.IGNORECASE,
-)
 _FENCE = re.compile(r"```(?:json)?", re.IGNORECASE)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
 _LINE = re.compile(r"^\s*[-*\d.)\s]*\"?([A-Za-z_ ]{1,40})\"?\s*[:=]\s*(.+?)\s*$")
+
+
+def reads_like_instruction(text: str) -> bool:
+    """Whether `text` addresses a language model (an injection, a chat artefact) rather than naming a thing."""
+    return bool(_NOT_A_KEYWORD.search(text))
 
 
 @dataclass(frozen=True)
@@ -108,9 +107,9 @@ def parse_text_answer(text: str | None, field: str) -> tuple[str | None, bool]:
     return (found if isinstance(found, str) and found.strip() else None), repaired or set(value) != {field}
 
 
-def looks_like_instruction(text: str) -> bool:
-    """Whether `text` reads like an obeyed injection, a chat artefact, markup or a URL rather than copy."""
-    return bool(_MARKUP.search(text) or _INSTRUCTION.search(text))
+def reads_like_instruction_or_markup(text: str) -> bool:
+    """Whether `text` (a headline, any copy) is markup, or addresses a model rather than a person."""
+    return bool(_MARKUP.search(text)) or reads_like_instruction(text)
 
 
 def _key(name: object) -> str:

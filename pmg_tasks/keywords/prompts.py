@@ -119,11 +119,13 @@ def integrate_request(
 
 def target_request(scenario: Scenario, item: Mapping, limit: int, max_tokens: int) -> Request:
     """Target-item keywords from the item's title, categories and description."""
-    lines = [
-        f"Title: {item.get('title') or ''}",
-        f"Categories: {', '.join(split_categories(item.get('categories'))) or 'none'}",
-        f"Description: {clean_text(item.get('description'), 600)}",
-    ]
+    # A part the catalog does not have is left out: the model never reads "Categories: nan".
+    parts = {
+        "Title": clean_text(item.get("title"), 300),
+        "Categories": ", ".join(split_categories(item.get("categories"))),
+        "Description": clean_text(item.get("description"), 600),
+    }
+    lines = [f"{name}: {value}" for name, value in parts.items() if value]
     user = (
         f"Answer with at most {limit} keywords, like this example:\n"
         f"{json.dumps({'keywords': list(scenario.target_example[:limit])})}\n\n"

@@ -81,3 +81,44 @@ def load_scenario(name: str) -> Scenario:
     if scenario.name != name:
         raise ValueError(f"scenarios/{name}.yaml names itself {scenario.name!r}")
     return scenario
+
+
+# Words that mark a catalog as one scenario's kind of item, looked for in titles and categories. A catalog
+# that matches neither is a shop, and gets product_banners.
+SCENARIO_SIGNS = {
+    "movie_posters": frozenset(
+        """movie movies film films cinema dvd blu-ray drama comedy thriller horror documentary sci-fi romance
+        animation western musical noir fantasy mystery imax""".split()
+    ),
+    "fashion": frozenset(
+        """dress dresses shirt shirts t-shirt tee blouse jeans trousers pants shorts skirt skirts
+        jacket jackets coat coats blazer sweater sweaters hoodie hoodies cardigan jumper leggings socks
+        sneakers shoes boots sandals heels loafers scarf handbag handbags tote apparel clothing
+        fashion swimsuit swimwear bikini lingerie bra underwear pajamas outfit menswear womenswear""".split()
+    ),
+}
+SHOP_SCENARIO = "product_banners"
+_YEAR_IN_TITLE = re.compile(r"\((?:19|20)\d\d\)\s*$")
+_SIGN_SHARE = 0.3
+
+
+def suggest_scenario(items: list[tuple[object, object]]) -> tuple[str, str]:
+    """(scenario name, why) for a sample of a catalog's (title, categories): the scenario whose signs most
+    items carry, when at least 30% carry them; else product_banners."""
+    from pmg_tasks.text_safety import clean_text, split_categories
+
+    matches = {name: 0 for name in SCENARIO_SIGNS}
+    for title, categories in items:
+        text = clean_text(title, 300)
+        words = set(re.findall(r"[\w-]+", text.lower()))
+        words |= {w for c in split_categories(categories) for w in re.findall(r"[\w-]+", c.lower())}
+        for name, signs in SCENARIO_SIGNS.items():
+            if words & signs or (name == "movie_posters" and _YEAR_IN_TITLE.search(text)):
+                matches[name] += 1
+    total = len(items)
+    best = max(matches, key=lambda name: (matches[name], name))
+    if total and matches[best] / total >= _SIGN_SHARE:
+        noun = load_scenario(best).item_noun
+        return best, f"{matches[best]} of {total} items read like {noun}"
+    near = ", ".join(f"{matches[n]} like {load_scenario(n).item_noun}" for n in sorted(matches))
+    return SHOP_SCENARIO, f"of {total} items, {near}: a shop's products"

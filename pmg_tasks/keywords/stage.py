@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING
 from pmg_tasks.keywords import catalog
 from pmg_tasks.keywords.extraction import CACHEABLE, Extraction, Usage, extract_preferences, extract_targets
 from pmg_tasks.keywords.parsing import normalise
-from pmg_tasks.layout import keyword_plan_key, keyword_shard_key, keyword_shard_stats_key, run_key
+from pmg_tasks.layout import (
+    keyword_plan_key,
+    keyword_shard_key,
+    keyword_shard_stats_key,
+    keyword_vocabulary_key,
+    run_key,
+)
 from pmg_tasks.store import open_store, read_frame, read_json, write_json, write_table
 from pmg_tasks.text_safety import Denylist
 
@@ -55,6 +61,9 @@ def plan_keyword_shards(settings: Settings, ds: str) -> list[int]:
     shards = max(1, math.ceil(users / per_shard))
     # A rerun may plan fewer shards than the last attempt: stale shard outputs must not linger.
     store.delete_prefix(run_key(ds, "keywords/"))
+    # The catalog's title statistics, once for the whole stage: every shard reads items against them.
+    vocabulary = _catalog_vocabulary(store, ds)
+    store.put_bytes(keyword_vocabulary_key(ds), vocabulary.to_json().encode())
     write_json(store, keyword_plan_key(ds), {"users": users, "users_per_shard": per_shard, "shards": shards})
     log.info("keywords for %d users in %d shards of up to %d", users, shards, per_shard)
     return list(range(shards))
@@ -71,6 +80,11 @@ def extract_keyword_shard(settings: Settings, ds: str, index: int, generator: Te
     histories = read_frame(store, run_key(ds, "histories.parquet")).iloc[index * per_shard : (index + 1) * per_shard]
     items = read_frame(store, run_key(ds, "items.parquet"))
     item_rows = {row["item_id"]: row for row in items.to_dict("records")}
+    vocabulary = (
+        catalog.CatalogVocabulary.from_json(store.get_bytes(keyword_vocabulary_key(ds)))
+        if store.exists(keyword_vocabulary_key(ds))
+        else catalog.CatalogVocabulary.from_items(item_rows.values())
+    )
     campaigns = _active_campaigns(settings, ds)
     denylist = sorted({word for c in campaigns for word in c.denylist})
     targets = {item_id for c in campaigns for item_id in c.target_items if item_id in item_rows}
@@ -106,7 +120,7 @@ def extract_keyword_shard(settings: Settings, ds: str, index: int, generator: Te
                 ("llm" if extraction and extraction.status == "ok" else "llm_repaired",
                  extraction.keywords if extraction else []),
                 ("catalog" if extraction is None else "catalog_fallback",
-                 catalog.preference_keywords(history_items, limit)),
+                 catalog.preference_keywords(history_items, limit, vocabulary)),
                 ("generic", list(GENERIC_KEYWORDS)),
             ],
             denylist, limit, what=f"user {history.user_id}",
@@ -130,7 +144,7 @@ def extract_keyword_shard(settings: Settings, ds: str, index: int, generator: Te
             [
                 ("llm", extraction.keywords if extraction else []),
                 ("catalog" if extraction is None else "catalog_fallback",
-                 catalog.target_item_keywords(item_rows[item_id], limit)),
+                 catalog.target_item_keywords(item_rows[item_id], limit, vocabulary)),
                 ("generic", list(GENERIC_KEYWORDS)),
             ],
             denylist, limit, what=f"item {item_id}",
@@ -336,6 +350,13 @@ def _first_allowed(
         if kept:
             return kept, source
     raise ValueError(f"the active campaigns' denylists {denylist} leave no keyword at all for {what}")
+
+
+def _catalog_vocabulary(store, ds: str) -> catalog.CatalogVocabulary:
+    from pmg_tasks.store import read_table
+
+    items = read_table(store, run_key(ds, "items.parquet")).select(["title", "attributes"])
+    return catalog.CatalogVocabulary.from_items(items.to_pylist())
 
 
 def _active_campaigns(settings: Settings, ds: str) -> list:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pmg_tasks.demo.run import DAGS_FOLDER
+from pmg_tasks.airflow_run import DAGS_FOLDER
 from pmg_tasks.settings import Settings
 
 HEAVY_LIBRARIES = ("torch", "diffusers", "transformers", "great_expectations", "torch_geometric", "pandas",

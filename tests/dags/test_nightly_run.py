@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pmg_tasks.demo.run import run_nightly_dag
+from pmg_tasks.airflow_run import run_nightly_dag
 from pmg_tasks.layout import report_key, run_key, success_key
 from pmg_tasks.store import open_store, read_frame, read_json, read_table
 

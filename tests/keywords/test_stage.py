@@ -45,7 +45,7 @@ def test_catalog_backend_is_the_default_and_keeps_the_contract(shop):
     assert result["backend"] == "catalog" and stats["model_calls"] == 0
     assert keywords["user_id"].tolist() == histories["user_id"].tolist()
     assert keywords["history_hash"].tolist() == histories["history_hash"].tolist()
-    assert set(keywords["source"]) == {"catalog"} and set(keywords["backend"]) == {"catalog-v1"}
+    assert set(keywords["source"]) == {"catalog"} and set(keywords["backend"]) == {"catalog-v2"}
     assert len(items) == 20 and set(items["source"]) == {"catalog"}
     assert_clean(keywords["preference_keywords"], shop.keywords_per_user)
     assert_clean(items["keywords"], shop.keywords_per_user)
@@ -88,7 +88,9 @@ def test_shards_cover_every_user_once_and_a_rerun_with_fewer_shards_leaves_nothi
     assert stats["shards"] == len(shards) and stats["users"] == len(histories)
 
     assert plan_keyword_shards(shop, DS) == [0]
-    assert [k.rsplit("/", 1)[1] for k in open_store(shop).list_keys(run_key(DS, "keywords/"))] == ["plan.json"]
+    assert [k.rsplit("/", 1)[1] for k in open_store(shop).list_keys(run_key(DS, "keywords/"))] == [
+        "catalog_vocabulary.json", "plan.json"
+    ]
     with pytest.raises(RuntimeError, match="no output"):
         merge_keywords(shop, DS)
 

@@ -181,7 +181,7 @@ def test_every_broken_event_and_item_lands_in_quarantine_with_its_reason(corpus)
     assert set(catalog) == set(GOOD_ITEMS) | set(SOFT_ITEMS)
     assert extracted["items"] == len(catalog)
     assert catalog["item-3"]["title"] == "Item 3" and catalog["item-5"]["title"] == "Item 5"
-    assert catalog["soft-ctrl"]["title"] == "Bad Title [31m"
+    assert catalog["soft-ctrl"]["title"] == "Bad Title"  # the colour code and its remnant are cut out
     assert catalog["soft-utf8"]["title"] == "Caf\ufffd Noir \ufffd"
     assert len(catalog["soft-huge"]["title"]) == MAX_TITLE_CHARS
     assert len(catalog["soft-huge"]["description"]) == MAX_DESCRIPTION_CHARS
