@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from pmg_tasks.generate.safety import safety_counts
 from pmg_tasks.layout import (
     creatives_prefix,
     manifest_key,
@@ -35,11 +36,11 @@ MANIFEST_COLUMNS = [
     "campaign_id", "user_id", "item_id", "rank", "creative_id", "image_key", "image_uri", "segment_id",
     "personalization", "preference_tokens", "seed", "d_p", "d_t", "consistency", "z", "alpha",
     "consistency_weight", "headline", "prompt", "negative_prompt", "preference_keywords", "target_keywords",
-    "signature", "diffusion_model", "clip_model", "token_embeddings",
+    "signature", "diffusion_model", "clip_model", "token_embeddings", "safety",
 ]  # fmt: skip
 GENERATED_COLUMNS = [
     "signature", "user_id", "rank", "creative_id", "image_key", "seed", "d_p", "d_t", "consistency", "z",
-    "diffusion_model", "clip_model", "token_embeddings",
+    "diffusion_model", "clip_model", "token_embeddings", "safety",
 ]  # fmt: skip
 
 
@@ -48,9 +49,15 @@ def assemble_manifest(
     store: ObjectStore,
 ) -> pd.DataFrame:
     """One row per planned creative: every (campaign, user, target item) request joined to the creatives its
-    user chose from the request's generation, ranked."""
+    user chose from the request's generation, ranked. Requests the safety checks blocked (rank-0 rows of
+    the shard results) have no rows."""
+    import pandas as pd
+
+    blocked = generated.loc[generated["rank"] == 0, ["signature", "user_id"]]
+    generated = generated[generated["rank"] > 0]
     chosen = generated.groupby(["signature", "user_id"]).size()
     wanted = requests.set_index(["signature", "user_id"])["variants"]
+    wanted = wanted[~wanted.index.isin(pd.MultiIndex.from_frame(blocked))]
     short = wanted[chosen.reindex(wanted.index, fill_value=0).to_numpy() < wanted.to_numpy()]
     if len(short):
         signature, user_id = short.index[0]
@@ -81,6 +88,7 @@ def publish_run(settings: Settings, ds: str) -> dict:
     headlines = read_frame(store, run_key(ds, "headlines.parquet"))
     generated = _generated(store, ds)
     manifest = assemble_manifest(requests, generations, headlines, generated, store)
+    safety = safety_counts(generated)
 
     manifests = {}
     for campaign_id, rows in manifest.groupby("campaign_id", sort=True):
@@ -96,6 +104,7 @@ def publish_run(settings: Settings, ds: str) -> dict:
         "campaigns": sorted(manifests),
         "creatives": int(manifest["creative_id"].nunique()),
         "users": int(manifest["user_id"].nunique()),
+        "safety": safety,
     }
     store.put_bytes(report_key(ds), render_report(ds, manifest, stats).encode())
     write_json(store, run_key(ds, "stats/publish.json"), stats["manifest"])

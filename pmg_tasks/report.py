@@ -68,6 +68,17 @@ def _plan_summary(stats: dict) -> str:
     )
 
 
+def _safety_summary(stats: dict) -> str:
+    safety = stats.get("manifest", {}).get("safety")
+    if not safety:
+        return ""
+    flagged = ", ".join(f"{_e(reason)}: {count}" for reason, count in safety["flagged"].items()) or "none"
+    return (
+        f"<p class='summary'>Image safety: flagged candidates {flagged}; {safety['replaced_users']} users given "
+        f"their next best; {safety['blocked_requests']} requests ({safety['blocked_users']} users) blocked.</p>"
+    )
+
+
 def render_report(ds: str, manifest: pd.DataFrame, stats: dict, per_campaign: int = MAX_FIGURES) -> str:
     """The page at reports/ds=<ds>/index.html; images are linked relative to it. Each distinct creative is
     shown once per campaign, with how many users it went to, best z first, at most `per_campaign`."""
@@ -101,5 +112,6 @@ def render_report(ds: str, manifest: pd.DataFrame, stats: dict, per_campaign: in
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>pmg run {_e(ds)}</title>"
         f"<style>{STYLE}</style></head><body><h1>pmg nightly run — {_e(ds)}</h1>{_plan_summary(stats)}"
+        f"{_safety_summary(stats)}"
         f"<h2>Stages</h2>{_stats_table(stats)}{''.join(sections)}</body></html>"
     )

@@ -7,6 +7,7 @@ e.g. `PMG_MODELS__DIFFUSION=/models/sd`). Nothing deeper in the code reads the e
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -57,6 +58,27 @@ class Generation(BaseModel):
         8, ge=1, description="finished requests a shard records at a time, so a retry resumes after them"
     )
     headline_chars: int = Field(80, ge=16, le=200, description="longest headline written beside a creative")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on a GPU (float16 where the model asks), float32 on a CPU"
+    )
+    compile: bool = Field(False, description="torch.compile the UNet once per worker process (GPU workers)")
+
+
+# NudeNet's classes that stop a creative: explicit exposure. Covered or non-sexual classes (faces, feet) are
+# left to a campaign's own policy.
+EXPLICIT_CLASSES = (
+    "FEMALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "MALE_GENITALIA_EXPOSED", "BUTTOCKS_EXPOSED",
+    "ANUS_EXPOSED",
+)  # fmt: skip
+
+
+class Safety(BaseModel):
+    """Image safety on every kept candidate (pmg_tasks/generate/safety.py)."""
+
+    enabled: bool = True
+    classifier: Literal["nudenet", "none"] = Field("nudenet", description="offline classifier; none: the pipeline's own checker only")
+    blocked_classes: list[str] = Field(default_factory=lambda: list(EXPLICIT_CLASSES))
+    min_score: float = Field(0.5, ge=0.0, le=1.0, description="a detection at or above this flags the image")
 
 
 class TokenEmbeddings(BaseModel):
@@ -99,8 +121,27 @@ class Keywords(BaseModel):
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
 
+# What a named profile changes from the field defaults, group by group; the field defaults are `test` (tiny
+# and fast: laptops, CI, the demo). `production` is a night on real models on a GPU worker (H100/H200 class):
+# SD-1.5-sized images, enough steps and candidates to choose well, shards of about 10-20 GPU minutes
+# (2048 requests x 4 candidates at 7-14 images/s). Any field stays overridable on its own.
+PROFILES: dict[str, dict[str, dict[str, object]]] = {
+    "test": {},
+    "production": {
+        "generation": {
+            "image_size": 512, "inference_steps": 30, "guidance_scale": 7.5, "candidates_per_request": 4,
+            "batch_size": 16, "requests_per_shard": 2048, "checkpoint_requests": 32,
+        },
+        "token_embeddings": {"steps_per_token": 200, "images_per_token": 16, "batch_size": 16},
+    },
+}  # fmt: skip
+Profile = Literal["test", "production"]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PMG_", env_nested_delimiter="__", extra="ignore")
+
+    profile: Profile = Field("test", description="named defaults: test (tiny, CPU) or production (GPU nights)")
 
     home: Path = Field(Path(".pmg"), description="where embedded defaults live on a laptop")
     warehouse_url: str = Field("", description="duckdb:///path.duckdb or a SQLAlchemy URL; default: DuckDB in home")
@@ -113,6 +154,7 @@ class Settings(BaseSettings):
     pools: Pools = Pools()
     generation: Generation = Generation()
     token_embeddings: TokenEmbeddings = TokenEmbeddings()
+    safety: Safety = Safety()
     keywords: Keywords = Keywords()
 
     lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")
@@ -149,6 +191,25 @@ class Settings(BaseSettings):
     movielens_dir: str = Field("", description="MovieLens CSVs for the preference-graph evaluation only")
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_profile(cls, data: object) -> object:
+        """Fields a profile names take its value unless they were given (by argument or variable)."""
+        if not isinstance(data, dict):
+            return data
+        profile = data.get("profile", "test")
+        if profile not in PROFILES:
+            return data  # the field's own validation names the choices
+        data = dict(data)
+        for group, values in PROFILES[profile].items():
+            given = data.get(group)
+            if isinstance(given, BaseModel):
+                unset = {k: v for k, v in values.items() if k not in given.model_fields_set}
+                data[group] = given.model_copy(update=unset)
+            else:
+                data[group] = {**values, **(given or {})}
+        return data
+
     @model_validator(mode="after")
     def _fill_defaults_from_home(self) -> Settings:
         if self.segment_levels > self.token_levels:
@@ -173,6 +234,8 @@ class Settings(BaseSettings):
             for name, value in values.items():
                 if isinstance(value, dict):
                     flatten(f"{prefix}{name.upper()}__", value)
+                elif isinstance(value, list):
+                    env[f"{prefix}{name.upper()}"] = json.dumps(value)  # how pydantic-settings reads a list
                 else:
                     env[f"{prefix}{name.upper()}"] = str(value)
 

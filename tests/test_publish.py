@@ -12,7 +12,7 @@ import pytest
 from pmg_tasks.layout import manifest_key, report_key, run_key, shard_result_key, success_key
 from pmg_tasks.publish import MANIFEST_COLUMNS, publish_run
 from pmg_tasks.settings import Settings
-from pmg_tasks.store import open_store, read_frame, write_table
+from pmg_tasks.store import open_store, read_frame, read_json, write_table
 from tests.conftest import DS
 from tests.pipeline import run_stages_until
 
@@ -120,3 +120,21 @@ def test_a_campaign_dropped_since_the_last_attempt_loses_its_manifest(generated)
     store.put_bytes(stale, b"old")
     publish_run(generated, DS)
     assert not store.exists(stale)
+
+
+def test_a_request_the_safety_checks_blocked_is_left_out_and_counted(generated):
+    store = open_store(generated)
+    result = read_frame(store, shard_result_key(DS, 0))
+    signature = result["signature"].iloc[0]
+    users = result.loc[result["signature"] == signature, "user_id"].unique()
+    blocked = result[result["signature"] == signature].drop_duplicates("user_id").assign(
+        rank=0, creative_id="", image_key="", safety="blocked", flagged='{"nudenet:FEMALE_BREAST_EXPOSED": 2}'
+    )
+    write_table(store, shard_result_key(DS, 0), pd.concat([result[result["signature"] != signature], blocked]))
+    publish_run(generated, DS)
+    manifest = manifests(generated)
+    assert not (manifest["signature"] == signature).any()
+    counts = read_json(store, run_key(DS, "stats/publish.json"))["safety"]
+    assert counts["blocked_requests"] == 1 and counts["blocked_users"] == len(users)
+    assert counts["flagged"] == {"nudenet:FEMALE_BREAST_EXPOSED": 2}
+    assert "1 requests" in store.get_bytes(report_key(DS)).decode()

@@ -29,7 +29,9 @@ def similarity(cosine: np.ndarray) -> np.ndarray:
 def preference_similarities(user_embeddings: np.ndarray, candidate_embeddings: np.ndarray) -> np.ndarray:
     """d_p as a `[users, candidates]` matrix from unit-length text embeddings of each user's preference
     keywords `[users, dim]` and image embeddings of the candidates `[candidates, dim]`: one matrix product."""
-    return similarity(user_embeddings @ candidate_embeddings.T)
+    # einsum rather than BLAS: for a tall, thin product like this one (thousands of users, k candidates) a
+    # multi-threaded BLAS spends more time coordinating threads than multiplying on a busy worker.
+    return similarity(np.einsum("ud,kd->uk", user_embeddings, candidate_embeddings))
 
 
 def creative_score(
@@ -64,10 +66,12 @@ def choose_per_user(
     variants: int,
     consistency: np.ndarray | None = None,
     consistency_weight: float = 0.0,
+    allowed: np.ndarray | None = None,
 ) -> Choice:
     """The best `variants` of k candidates for every user, by that user's own z.
 
-    `d_p` is `[users, k]` (each user's similarity to every candidate), `d_t` and `consistency` are `[k]`.
+    `d_p` is `[users, k]` (each user's similarity to every candidate), `d_t` and `consistency` are `[k]`;
+    `allowed` (`[k]` booleans) leaves out candidates nobody may get (flagged by the safety checks).
     Ties keep generation order (the lower candidate position first), so a rerun chooses the same ones.
     """
     d_p = np.asarray(d_p, dtype=np.float64)
@@ -78,8 +82,12 @@ def choose_per_user(
         raise ValueError(f"variants must lie in [1, k={d_p.shape[1]}], got {variants}")
     if consistency_weight and (consistency is None or np.shape(consistency) != d_t.shape):
         raise ValueError("a consistency weight needs one consistency score per candidate")
+    if allowed is not None and int(np.sum(allowed)) < variants:
+        raise ValueError(f"{int(np.sum(allowed))} allowed candidates cannot give every user {variants}")
     z = creative_score(d_p, d_t[None, :], alpha, None if consistency is None else consistency[None, :],
                        consistency_weight)
+    if allowed is not None:
+        z = np.where(np.asarray(allowed, dtype=bool)[None, :], z, -np.inf)
     # A stable sort of -z: equal scores stay in candidate order.
     order = np.argsort(-z, axis=1, kind="stable")[:, :variants]
     return Choice(candidates=order, z=np.take_along_axis(z, order, axis=1), d_p=np.take_along_axis(d_p, order, axis=1))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pmg_tasks.generate.choice import Choice, choose_per_user, preference_similarities, similarity
+from pmg_tasks.generate.safety import ImageSafety, Verdict
 
 if TYPE_CHECKING:
     import torch
@@ -76,28 +77,53 @@ class Chooser:
 
 @dataclass
 class RequestResult:
-    """A request's k candidates with their scores, and every user's choice among them."""
+    """A request's k candidates with their scores, and every user's choice among them.
+
+    `safety[u]` says whether user u got their best candidates (`passed`), or a flagged one gave its place to
+    the next best (`replaced`); a request with fewer safe candidates than it keeps per user is `blocked`
+    and chooses nothing. `verdicts` holds the safety verdict of every candidate that was checked."""
 
     request: GenerationRequest
     images: list[Image]
     d_t: np.ndarray
     consistency: np.ndarray
     users: list[str]
-    choice: Choice = field(repr=False)
+    choice: Choice | None = field(repr=False)
+    safety: list[str] = field(default_factory=list)
+    verdicts: dict[int, Verdict] = field(default_factory=dict)
+
+    @property
+    def blocked(self) -> bool:
+        return self.choice is None
 
     def chosen_positions(self) -> list[int]:
         """The candidates at least one user chose, in candidate order: the images worth keeping."""
+        if self.choice is None:
+            return []
         return sorted({int(position) for position in self.choice.candidates.ravel()})
+
+
+@dataclass
+class _Drawn:
+    """What a request has so far: its drawn candidates, their image embeddings and pipeline verdicts."""
+
+    images: list = field(default_factory=list)
+    rows: list = field(default_factory=list)
+    flags: list = field(default_factory=list)
 
 
 class PersonalizedCreatives:
     """A diffusion pipeline and a CLIP scorer, loaded once, drawing and choosing for batches of requests."""
 
-    def __init__(self, pipeline, scorer: Scorer, generation: Generation, target_reference: str = "keywords"):
+    def __init__(
+        self, pipeline, scorer: Scorer, generation: Generation, target_reference: str = "keywords",
+        safety: ImageSafety | None = None,
+    ):  # fmt: skip
         self.pipeline = pipeline
         self.scorer = scorer
         self.generation = generation
         self.target_reference = target_reference
+        self.safety = safety or ImageSafety()
 
     @classmethod
     def from_models(
@@ -106,19 +132,21 @@ class PersonalizedCreatives:
         clip_dir: str | Path,
         generation: Generation,
         token_embeddings: Mapping[str, torch.Tensor] | None = None,
+        safety: ImageSafety | None = None,
     ) -> PersonalizedCreatives:
         """Both models from local folders on the best device here, with the preference tokens' rows."""
-        from pmg_tasks.generate.scoring import ClipScorer
+        from pmg_tasks.generate.scoring import load_scorer
         from pmg_tasks.models.diffusion import (
             apply_token_embeddings,
             inference_device,
             load_diffusion_pipeline,
         )
 
-        device, dtype = inference_device()
-        pipeline = load_diffusion_pipeline(Path(diffusion_dir), device, dtype)
+        device, dtype = inference_device(generation.dtype, Path(diffusion_dir))
+        pipeline = load_diffusion_pipeline(Path(diffusion_dir), device, dtype, compile_unet=generation.compile)
         apply_token_embeddings(pipeline, token_embeddings or {})
-        return cls(pipeline, ClipScorer.load(Path(clip_dir), device, dtype), generation, generation.target_reference)
+        scorer = load_scorer(Path(clip_dir), device, dtype)
+        return cls(pipeline, scorer, generation, generation.target_reference, safety)
 
     def __call__(
         self,
@@ -127,26 +155,42 @@ class PersonalizedCreatives:
         audiences: Mapping[str, Sequence[Chooser]],
         target_images: Mapping[str, Image] | None = None,
     ) -> Iterator[RequestResult]:
-        """Draws every request's candidates (`seeds[signature]`, one seed each) in batches of
-        `generation.batch_size` images and yields each request's result as soon as its last candidate is
-        in, so images are held only for requests still open."""
+        """Draws every request's candidates (`seeds[signature]`, one seed each) in batches of up to
+        `generation.batch_size` images, embeds each batch once, and yields each request's result as soon as
+        its last candidate is in, so images are held only for requests still open.
+
+        Out of GPU memory, the batch is halved and drawn again, down to one image; results already yielded
+        are never touched."""
+        import torch
+
         queue = [(request, seed) for request in requests for seed in seeds[request.signature]]
         embedded_prompts: dict[tuple[str, str], tuple] = {}
         preference_rows: dict[str, np.ndarray] = {}
-        drawn: dict[str, list[Image]] = {}
-        for start in range(0, len(queue), self.generation.batch_size):
-            batch = queue[start : start + self.generation.batch_size]
-            images = self.draw([(r.prompt, r.negative_prompt) for r, _ in batch], [s for _, s in batch],
-                               embedded_prompts)
-            for (request, _), image in zip(batch, images, strict=True):
-                drawn.setdefault(request.signature, []).append(image)
-                if len(drawn[request.signature]) == len(seeds[request.signature]):
-                    target_image = (target_images or {}).get(request.target_image_key)
+        drawn: dict[str, _Drawn] = {}
+        batch_size, start = self.generation.batch_size, 0
+        while start < len(queue):
+            batch = queue[start : start + batch_size]
+            try:
+                images, flags = self.render([(r.prompt, r.negative_prompt) for r, _ in batch],
+                                            [s for _, s in batch], embedded_prompts)  # fmt: skip
+            except torch.OutOfMemoryError as error:
+                batch_size = smaller_batch(error, batch_size, self.generation.image_size)
+                continue
+            rows = self.scorer.image_embeddings(images)
+            for (request, _), image, row, flag in zip(batch, images, rows, flags, strict=True):
+                state = drawn.setdefault(request.signature, _Drawn())
+                state.images.append(image)
+                state.rows.append(row)
+                state.flags.append(flag)
+                if len(state.images) == len(seeds[request.signature]):
+                    del drawn[request.signature]
                     yield self.choose(
-                        request, drawn.pop(request.signature), audiences[request.signature], target_image,
-                        preference_rows,
+                        request, state.images, audiences[request.signature],
+                        (target_images or {}).get(request.target_image_key), preference_rows,
+                        candidate_rows=np.stack(state.rows), pipeline_flags=state.flags,
                     )  # fmt: skip
-            log.info("%d/%d candidate images drawn", start + len(batch), len(queue))
+            start += len(batch)
+            log.info("%d/%d candidate images drawn (batch of %d)", start, len(queue), len(batch))
 
     def encode_prompts(self, prompts: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text-encoder states of each (prompt, negative prompt): the preference tokens in a prompt are looked
@@ -161,7 +205,14 @@ class PersonalizedCreatives:
     def draw(
         self, prompts: Sequence[tuple[str, str]], seeds: Sequence[int], cache: dict | None = None
     ) -> list[Image]:
-        """One image per (prompt, negative prompt) and seed, in one batch. Each distinct prompt is encoded once
+        """One image per (prompt, negative prompt) and seed, in one batch (see `render`)."""
+        return self.render(prompts, seeds, cache)[0]
+
+    def render(
+        self, prompts: Sequence[tuple[str, str]], seeds: Sequence[int], cache: dict | None = None
+    ) -> tuple[list[Image], list[bool]]:
+        """One image per (prompt, negative prompt) and seed, in one batch, and whether the pipeline's own
+        safety checker flagged each (never, for a model without one). Each distinct prompt is encoded once
         (in `cache`, across batches); each image has its own generator on the CPU, so a seed gives the same
         starting noise on any device."""
         import torch
@@ -177,7 +228,7 @@ class PersonalizedCreatives:
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
         size = self.generation.image_size
         with torch.inference_mode():
-            return self.pipeline(
+            output = self.pipeline(
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_embeds,
                 generator=generators,
@@ -185,7 +236,9 @@ class PersonalizedCreatives:
                 guidance_scale=self.generation.guidance_scale,
                 height=size,
                 width=size,
-            ).images
+            )
+        flags = getattr(output, "nsfw_content_detected", None) or [False] * len(output.images)
+        return output.images, [bool(flag) for flag in flags]
 
     def choose(
         self,
@@ -194,23 +247,53 @@ class PersonalizedCreatives:
         choosers: Sequence[Chooser],
         target_image: Image | None = None,
         preference_rows: dict[str, np.ndarray] | None = None,
+        candidate_rows: np.ndarray | None = None,
+        pipeline_flags: Sequence[bool] | None = None,
     ) -> RequestResult:
-        """Scores the request's candidates once (d_t, c) and gives every chooser their own best by z."""
+        """Scores the request's candidates once (d_t, c), gives every chooser their own best by z, and checks
+        the safety of every candidate someone would get: a flagged one is excluded and its users get their next
+        best, until all kept candidates have passed (or too few are left, and the request is blocked)."""
         if not choosers:
             raise ValueError(
                 f"request {request.signature} has no user to choose for: the plan stage writes each request "
                 "with its audience"
             )
-        candidate_rows = self.scorer.image_embeddings(images)
+        if candidate_rows is None:
+            candidate_rows = self.scorer.image_embeddings(images)
+        flags = list(pipeline_flags) if pipeline_flags is not None else [False] * len(images)
         d_t = self.target_similarities(request, candidate_rows, target_image)
         [headline_row] = self.scorer.text_embeddings([request.headline or request.target_text])
         consistency = similarity(candidate_rows @ headline_row)
         users = [c.user_id for c in choosers]
         d_p = preference_similarities(self._preference_rows(choosers, preference_rows), candidate_rows)
-        choice = choose_per_user(
-            d_p, d_t, request.alpha, request.variants, consistency, request.consistency_weight
-        )
-        return RequestResult(request, images, d_t, consistency, users, choice)
+
+        def pick(allowed: np.ndarray) -> Choice:
+            return choose_per_user(
+                d_p, d_t, request.alpha, request.variants, consistency, request.consistency_weight, allowed
+            )
+
+        allowed = np.ones(len(images), dtype=bool)
+        unguarded = choice = pick(allowed)
+        verdicts: dict[int, Verdict] = {}
+        while True:
+            unchecked = sorted({int(p) for p in choice.candidates.ravel()} - set(verdicts))
+            for position in unchecked:
+                verdicts[position] = self.safety.check(images[position], flags[position])
+                allowed[position] &= verdicts[position].safe
+            if all(verdicts[p].safe for p in unchecked):
+                break
+            if allowed.sum() < request.variants:
+                reasons = sorted({v.reason for v in verdicts.values() if not v.safe})
+                log.warning("request %s blocked: %d of %d candidates flagged (%s)", request.signature,
+                            int((~allowed).sum()), len(images), ", ".join(reasons))  # fmt: skip
+                blocked = ["blocked"] * len(users)
+                return RequestResult(request, images, d_t, consistency, users, None, blocked, verdicts)
+            choice = pick(allowed)
+        safety = [
+            "passed" if (choice.candidates[u] == unguarded.candidates[u]).all() else "replaced"
+            for u in range(len(users))
+        ]
+        return RequestResult(request, images, d_t, consistency, users, choice, safety, verdicts)
 
     def target_similarities(
         self, request: GenerationRequest, candidate_rows: np.ndarray, target_image: Image | None
@@ -233,3 +316,25 @@ class PersonalizedCreatives:
         if missing:
             cache.update(zip(missing, self.scorer.text_embeddings(missing), strict=True))
         return np.stack([cache[t] for t in texts])
+
+
+def smaller_batch(error: Exception, batch_size: int, image_size: int) -> int:
+    """The batch size to try after running out of memory at `batch_size`: half of it; at 1 there is nothing
+    left to halve, and the error says what ran out and what is free."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if batch_size > 1:
+        log.warning("out of memory drawing %d images of %dx%d: trying %d at a time", batch_size, image_size,
+                    image_size, batch_size // 2)  # fmt: skip
+        return batch_size // 2
+    if torch.cuda.is_available():
+        free, total = torch.cuda.mem_get_info()
+        memory = f"{free / 2**20:,.0f} of {total / 2**20:,.0f} MiB free on {torch.cuda.get_device_name()}"
+    else:
+        memory = "no CUDA device to ask about free memory"
+    raise RuntimeError(
+        f"out of memory drawing even 1 image of {image_size}x{image_size} at batch size 1 ({memory}): lower "
+        "PMG_GENERATION__IMAGE_SIZE, free the GPU, or run on a larger one"
+    ) from error

@@ -80,6 +80,73 @@ class ClipScorer:
         return similarity(cosine)
 
 
+class OpenClipScorer:
+    """An open_clip model (GPU workers: the `gpu` extra) from a folder in open_clip's hub layout:
+    `open_clip_config.json` (`model_cfg`, `preprocess_cfg`) beside `open_clip_model.safetensors` or
+    `open_clip_pytorch_model.bin`. Same embeddings, same similarities as `ClipScorer`."""
+
+    CONFIG = "open_clip_config.json"
+    WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+    def __init__(self, model, preprocess, tokenizer, device: str):
+        self.model, self.preprocess, self.tokenizer, self.device = model, preprocess, tokenizer, device
+
+    @classmethod
+    def load(cls, directory: Path, device: str = "cpu") -> OpenClipScorer:
+        import json
+        import tempfile
+
+        try:
+            import open_clip
+        except ImportError as error:
+            raise ImportError(
+                f"{directory} holds an open_clip model, and open_clip is not installed here: install the GPU "
+                "extra (requirements-gpu.txt) on this worker, or point PMG_MODELS__CLIP at a transformers CLIP"
+            ) from error
+        config = json.loads((directory / cls.CONFIG).read_text())
+        weights = next((directory / name for name in cls.WEIGHTS if (directory / name).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{directory} has {cls.CONFIG} but none of {list(cls.WEIGHTS)}")
+        name = f"pmg-{directory.name}"
+        with tempfile.TemporaryDirectory() as tmp:
+            # open_clip's public way to know an architecture: a config file named after the model.
+            (Path(tmp) / f"{name}.json").write_text(json.dumps(config["model_cfg"]))
+            open_clip.add_model_config(Path(tmp) / f"{name}.json")
+        preprocess_cfg = config.get("preprocess_cfg", {})
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=str(weights), device=device, image_mean=preprocess_cfg.get("mean"),
+            image_std=preprocess_cfg.get("std"),
+        )  # fmt: skip
+        return cls(model.eval(), preprocess, open_clip.get_tokenizer(name), device)
+
+    def image_embeddings(self, images: Sequence[Image]) -> np.ndarray:
+        import torch
+
+        if not images:
+            return np.zeros((0, self.model.visual.output_dim), dtype=np.float32)
+        pixels = torch.stack([self.preprocess(image.convert("RGB")) for image in images]).to(self.device)
+        with torch.inference_mode(), torch.autocast(self.device, enabled=self.device == "cuda"):
+            return _unit(self.model.encode_image(pixels))
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        import torch
+
+        distinct = list(dict.fromkeys(texts))
+        if not distinct:
+            return np.zeros((0, self.model.visual.output_dim), dtype=np.float32)
+        with torch.inference_mode(), torch.autocast(self.device, enabled=self.device == "cuda"):
+            rows = _unit(self.model.encode_text(self.tokenizer(distinct).to(self.device)))
+        index = {text: row for row, text in enumerate(distinct)}
+        return rows[[index[text] for text in texts]]
+
+
+def load_scorer(directory: Path, device: str = "cpu", dtype: torch.dtype | None = None) -> Scorer:
+    """The scorer for the CLIP saved in `directory`: open_clip's hub layout, else a transformers CLIP."""
+    if (directory / OpenClipScorer.CONFIG).is_file():
+        return OpenClipScorer.load(directory, device)
+    return ClipScorer.load(directory, device, dtype)
+
+
 def _unit(output) -> np.ndarray:
     import torch
 

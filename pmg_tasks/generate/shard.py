@@ -17,12 +17,22 @@ import hashlib
 import io
 import json
 import logging
+import threading
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pmg_tasks import layout
-from pmg_tasks.generate.creatives import REQUEST_COLUMNS, Chooser, GenerationRequest, RequestResult
+from pmg_tasks.generate.creatives import (
+    REQUEST_COLUMNS,
+    Chooser,
+    GenerationRequest,
+    PersonalizedCreatives,
+    RequestResult,
+)
+from pmg_tasks.generate.safety import safety_counts
 from pmg_tasks.models.diffusion import require_model_dir
 from pmg_tasks.models.versions import model_version
 from pmg_tasks.store import image_bytes, open_store, read_frame, write_table
@@ -42,7 +52,7 @@ RESULT_COLUMNS = (
     ("rank", "int64"), ("candidate", "int64"), ("creative_id", "string"), ("image_key", "string"),
     ("seed", "int64"), ("d_p", "float64"), ("d_t", "float64"), ("consistency", "float64"), ("z", "float64"),
     ("candidates", "int64"), ("diffusion_model", "string"), ("clip_model", "string"),
-    ("token_embeddings", "string"),
+    ("token_embeddings", "string"), ("safety", "string"), ("flagged", "string"),
 )  # fmt: skip
 
 
@@ -60,9 +70,10 @@ class ModelVersions:
 
 def generate_shard(settings: Settings, ds: str, shard_index: int) -> dict:
     """Draw, score and choose the creatives of shard `shard_index` of run `ds`, then write its result table
-    (`layout.shard_result_key`): one row per (request, user, rank). Requests the shard's record already has
-    are read back, not drawn. Returns counts for XCom."""
-    from pmg_tasks.tokens.stage import load_vectors, read_version, version_id
+    (`layout.shard_result_key`): one row per (request, user, rank), or one row of rank 0 per user of a
+    request the safety checks blocked. Requests the shard's record already has are read back, not drawn.
+    Returns counts for XCom."""
+    from pmg_tasks.tokens.stage import read_version, version_id
 
     diffusion_dir = require_model_dir(settings.models.diffusion, "diffusion")
     clip_dir = require_model_dir(settings.models.clip, "clip")
@@ -70,8 +81,7 @@ def generate_shard(settings: Settings, ds: str, shard_index: int) -> dict:
     requests = read_requests(store, layout.shard_key(ds, shard_index), _headlines(store, ds))
     audiences = read_audiences(store, layout.shard_audience_key(ds, shard_index), requests)
     token_index = read_version(store, ds)
-    tokens = sorted({t for r in requests for t in _tokens_in(r.prompt)})
-    if tokens and token_index is None:
+    if token_index is None and any(_tokens_in(r.prompt) for r in requests):
         raise ValueError(
             f"shard {shard_index} of {ds} uses preference tokens, but models/tokens/{ds}/ is not complete: "
             "run the token_embeddings task for this date first"
@@ -90,33 +100,74 @@ def generate_shard(settings: Settings, ds: str, shard_index: int) -> dict:
         len(requests) - len(pending), len(pending),
     )  # fmt: skip
     if pending:
-        from pmg_tasks.generate.creatives import PersonalizedCreatives
-
-        # Models load once per shard, and only when something is left to draw.
-        creatives = PersonalizedCreatives.from_models(
-            diffusion_dir, clip_dir, settings.generation, load_vectors(store, ds, tokens) if tokens else {}
-        )
+        # Models load once per worker process, and only when something is left to draw.
+        creatives = worker_models(settings, ds, store, versions)
+        creatives.generation = settings.generation
         recorder = _Recorder(store, ds, shard_index, settings.generation.checkpoint_requests)
         seeds = {r.signature: candidate_seeds(r) for r in pending}
-        results = creatives(pending, seeds, audiences, _target_images(store, pending))
-        for result in results:
-            recorder.add(write_chosen(store, ds, result, versions, keys[result.request.signature]))
-        recorder.flush()
+        try:
+            for result in creatives(pending, seeds, audiences, _target_images(store, pending)):
+                rows, writes = write_chosen(recorder.writer, ds, result, versions, keys[result.request.signature])
+                recorder.add(rows, writes)
+            recorder.flush()
+        finally:
+            recorder.close()
         done = read_record(store, ds, shard_index, set(keys.values()))
 
     result_frame = _in_request_order(done, requests)
     result_key = write_table(store, layout.shard_result_key(ds, shard_index), result_table(result_frame))
     # The result is the record now; parts would only be read again by a later attempt.
     store.delete_prefix(layout.shard_record_prefix(ds, shard_index))
+    kept = result_frame[result_frame["rank"] > 0]
     return {
         "shard": shard_index,
         "requests": len(requests),
-        "choices": len(result_frame),
-        "creatives": int(result_frame["creative_id"].nunique()),
+        "choices": len(kept),
+        "creatives": int(kept["creative_id"].nunique()),
         "generated": len(pending),
         "skipped": len(requests) - len(pending),
+        "safety": safety_counts(result_frame),
         "result_key": result_key,
     }
+
+
+_WORKER: dict[tuple, PersonalizedCreatives] = {}
+
+
+def worker_models(settings: Settings, ds: str, store: ObjectStore, versions: ModelVersions) -> PersonalizedCreatives:
+    """The diffusion pipeline (with every token row of the run's version), the scorer and the safety
+    checks, loaded once per worker process and kept while the model versions stay the same: a worker that
+    runs several shards loads them once. New versions release the old models first."""
+    from pmg_tasks.generate.creatives import PersonalizedCreatives
+    from pmg_tasks.generate.safety import ImageSafety
+    from pmg_tasks.tokens.stage import load_vectors
+
+    generation = settings.generation
+    key = (*versions.names(), settings.models.diffusion, settings.models.clip, generation.dtype,
+           generation.compile, generation.target_reference, settings.safety.model_dump_json())  # fmt: skip
+    if key not in _WORKER:
+        release_worker_models()
+        tokens = load_vectors(store, ds) if versions.tokens != "no-tokens" else {}
+        _WORKER[key] = PersonalizedCreatives.from_models(
+            settings.models.diffusion, settings.models.clip, generation, tokens,
+            ImageSafety.from_settings(settings.safety),
+        )  # fmt: skip
+    return _WORKER[key]
+
+
+def release_worker_models() -> None:
+    """Drops the loaded models (and what they hold on the GPU)."""
+    import gc
+
+    _WORKER.clear()
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is always there where models were loaded
+        pass
 
 
 def read_requests(store: ObjectStore, key: str, headlines: dict[str, str]) -> list[GenerationRequest]:
@@ -188,34 +239,44 @@ def request_key(request: GenerationRequest, users: Sequence[Chooser], versions: 
 
 
 def write_chosen(
-    store: ObjectStore, ds: str, result: RequestResult, versions: ModelVersions, key: str
-) -> list[dict]:
-    """Writes every candidate some user chose, once, as a PNG carrying its seed and scores, and returns the
-    request's rows: one per (user, rank)."""
+    writer: ImageWriter, ds: str, result: RequestResult, versions: ModelVersions, key: str
+) -> tuple[list[dict], list[Future]]:
+    """Hands every candidate some user chose to the writer, once, as a PNG carrying its seed and scores, and
+    returns the request's rows (one per user and rank; for a blocked request one row of rank 0 per user)
+    with the pending writes."""
     request = result.request
     seeds = candidate_seeds(request)
     names = [creative_id(request.signature, seed, versions) for seed in seeds]
     image_keys = [layout.creative_key(ds, request.campaign_id, name) for name in names]
+    writes = []
     for position in result.chosen_positions():
         image = result.images[position]
         image.info.update({
             "signature": request.signature, "seed": str(seeds[position]), "candidate": str(position),
             "d_t": repr(float(result.d_t[position])), "consistency": repr(float(result.consistency[position])),
         })  # fmt: skip
-        store.put_bytes(image_keys[position], image_bytes(image))
+        writes.append(writer.put(image_keys[position], image))
+    flagged = json.dumps(dict(sorted(Counter(v.reason for v in result.verdicts.values() if not v.safe).items())))
+    common = {"signature": request.signature, "request_key": key, "campaign_id": request.campaign_id,
+              "candidates": request.candidates, "diffusion_model": versions.diffusion, "clip_model": versions.clip,
+              "token_embeddings": versions.tokens, "flagged": flagged}  # fmt: skip
     rows = []
     for u, user_id in enumerate(result.users):
+        if result.choice is None:
+            nothing = float("nan")
+            rows.append({**common, "user_id": user_id, "rank": 0, "candidate": -1, "creative_id": "",
+                         "image_key": "", "seed": -1, "d_p": nothing, "d_t": nothing, "consistency": nothing,
+                         "z": nothing, "safety": "blocked"})  # fmt: skip
+            continue
         for rank, position in enumerate(result.choice.candidates[u].tolist(), start=1):
             rows.append({
-                "signature": request.signature, "request_key": key, "campaign_id": request.campaign_id,
-                "user_id": user_id, "rank": rank, "candidate": position, "creative_id": names[position],
+                **common, "user_id": user_id, "rank": rank, "candidate": position, "creative_id": names[position],
                 "image_key": image_keys[position], "seed": seeds[position],
                 "d_p": float(result.choice.d_p[u, rank - 1]), "d_t": float(result.d_t[position]),
                 "consistency": float(result.consistency[position]), "z": float(result.choice.z[u, rank - 1]),
-                "candidates": request.candidates, "diffusion_model": versions.diffusion,
-                "clip_model": versions.clip, "token_embeddings": versions.tokens,
+                "safety": result.safety[u],
             })  # fmt: skip
-    return rows
+    return rows, writes
 
 
 def read_record(store: ObjectStore, ds: str, shard_index: int, keys: set[str]) -> pd.DataFrame:
@@ -244,28 +305,57 @@ def result_table(rows: Iterable[dict] | pd.DataFrame) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=schema)
 
 
+class ImageWriter:
+    """PNG encoding and uploads on a few background threads, so the GPU draws the next batch meanwhile. At
+    most `max_pending` images wait, which bounds the memory they hold."""
+
+    def __init__(self, store: ObjectStore, threads: int = 4, max_pending: int = 64):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.store = store
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="pmg-png")
+        self.slots = threading.BoundedSemaphore(max_pending)
+
+    def put(self, key: str, image: Image) -> Future:
+        self.slots.acquire()
+        future = self.pool.submit(self.store.put_bytes, key, image_bytes(image))
+        future.add_done_callback(lambda _: self.slots.release())
+        return future
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
 class _Recorder:
-    """Records finished requests' rows, `every` requests a part: a part is written only after the images of
-    its requests, so whatever a part names exists."""
+    """Records finished requests' rows, `every` requests a part: a part is written only once the images of
+    its requests are, so whatever a part names exists."""
 
     def __init__(self, store: ObjectStore, ds: str, shard_index: int, every: int):
         self.store, self.ds, self.shard_index, self.every = store, ds, shard_index, every
+        self.writer = ImageWriter(store)
         self.part = len(store.list_keys(layout.shard_record_prefix(ds, shard_index)))
         self.rows: list[dict] = []
+        self.writes: list[Future] = []
         self.requests = 0
 
-    def add(self, rows: list[dict]) -> None:
+    def add(self, rows: list[dict], writes: list[Future]) -> None:
         self.rows.extend(rows)
+        self.writes.extend(writes)
         self.requests += 1
         if self.requests >= self.every:
             self.flush()
 
     def flush(self) -> None:
+        for write in self.writes:
+            write.result()  # an upload that failed fails the shard here, before anything names its image
         if self.rows:
             key = layout.shard_record_part_key(self.ds, self.shard_index, self.part)
             write_table(self.store, key, result_table(self.rows))
             self.part += 1
-        self.rows, self.requests = [], 0
+        self.rows, self.writes, self.requests = [], [], 0
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 def _in_request_order(rows: pd.DataFrame, requests: Sequence[GenerationRequest]) -> pd.DataFrame:

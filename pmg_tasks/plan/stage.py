@@ -175,7 +175,9 @@ def plan_campaign(
     audience = select_audience(campaign, inputs.histories)
     users = _audience_taste(audience["user_id"].tolist(), inputs, denied, campaign.personalization)
 
-    requests, generations = [], {}
+    # Generations by signature; `fitted` remembers which signature a prompt's parts came to, since parts
+    # that differ only in keywords the budget drops make the same prompt and so the same generation.
+    requests, generations, fitted_parts = [], {}, {}
     for item_id in campaign.target_items:
         title = denied.redact(clean_text(inputs.items.at[item_id, "title"], 120))
         target_words = tuple(denied.keep(inputs.item_words.get(item_id, [])))
@@ -187,26 +189,29 @@ def plan_campaign(
                 else (user["tokens"], user["keywords"])
             )  # fmt: skip
             parts = PromptParts(style, title, target_words, tuple(tokens), tuple(words))
-            generation_row = generations.get(parts)
-            if generation_row is None:
+            signature = fitted_parts.get(parts)
+            if signature is None:
                 try:
                     fitted = fit_prompt(parts, tokenizer)
                 except PromptTooLong as error:
                     raise CampaignError(f"campaign {campaign.campaign_id!r}, item {item_id}: {error}") from None
                 signature = request_signature(campaign, item_id, fitted.text, negative, candidates, generation)
-                generation_row = generations[parts] = {
-                    "signature": signature, "campaign_id": campaign.campaign_id, "item_id": item_id,
-                    "segment_id": user["segment_id"], "personalization": campaign.personalization,
-                    "owner_user_id": user["user_id"] if campaign.personalization == "user" else "",
-                    "users": 0, "prompt": fitted.text, "negative_prompt": negative, "title": title,
-                    "style": style, "target_keywords": list(fitted.parts.target_words),
-                    "preference_tokens": list(tokens), "preference_words": list(fitted.parts.preference_words),
-                    "target_text": ", ".join(fitted.parts.target_words) or title or item_id,
-                    "target_image_key": image_key, "alpha": alpha,
-                    "consistency_weight": campaign.consistency_weight, "candidates": candidates,
-                    "variants": campaign.variants, "prompt_tokens": fitted.tokens,
-                    "dropped_keywords": fitted.dropped_keywords,
-                }  # fmt: skip
+                fitted_parts[parts] = signature
+                if signature not in generations:
+                    generations[signature] = {
+                        "signature": signature, "campaign_id": campaign.campaign_id, "item_id": item_id,
+                        "segment_id": user["segment_id"], "personalization": campaign.personalization,
+                        "owner_user_id": user["user_id"] if campaign.personalization == "user" else "",
+                        "users": 0, "prompt": fitted.text, "negative_prompt": negative, "title": title,
+                        "style": style, "target_keywords": list(fitted.parts.target_words),
+                        "preference_tokens": list(tokens), "preference_words": list(fitted.parts.preference_words),
+                        "target_text": ", ".join(fitted.parts.target_words) or title or item_id,
+                        "target_image_key": image_key, "alpha": alpha,
+                        "consistency_weight": campaign.consistency_weight, "candidates": candidates,
+                        "variants": campaign.variants, "prompt_tokens": fitted.tokens,
+                        "dropped_keywords": fitted.dropped_keywords,
+                    }  # fmt: skip
+            generation_row = generations[signature]
             generation_row["users"] += 1
             requests.append({
                 "campaign_id": campaign.campaign_id, "user_id": user["user_id"], "item_id": item_id,

@@ -133,14 +133,12 @@ def train_token_rows(
     takes part in about `steps_per_token` steps whatever the others do.
     """
     import torch
-    import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
     tokens = sorted(token for token, pictures in images.items() if pictures)
     if not tokens or steps_per_token <= 0:
         return TrainingResult(0, 0, None, None)
-    text_encoder, unet, vae, tokenizer = pipeline.text_encoder, pipeline.unet, pipeline.vae, pipeline.tokenizer
-    device = unet.device
+    text_encoder, unet, vae = pipeline.text_encoder, pipeline.unet, pipeline.vae
     generator = torch.Generator("cpu").manual_seed(seed)
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     latents = {token: _latents(vae, images[token], resolution, generator) for token in tokens}
@@ -163,30 +161,7 @@ def train_token_rows(
     try:
         for step in range(total_steps):
             batch_tokens = [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
-            picks = [
-                int(torch.randint(len(latents[t]), (1,), generator=generator)) for t in batch_tokens
-            ]
-            clean = torch.stack([latents[t][p] for t, p in zip(batch_tokens, picks, strict=True)]).to(device)
-            prompts = [
-                TEMPLATES[int(torch.randint(len(TEMPLATES), (1,), generator=generator))].format(token=t)
-                for t in batch_tokens
-            ]
-            input_ids = tokenizer(
-                prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(device)  # fmt: skip
-            noise = torch.randn(clean.shape, generator=generator).to(device, clean.dtype)
-            timesteps = torch.randint(
-                noise_scheduler.config.num_train_timesteps, (len(batch_tokens),), generator=generator
-            ).to(device)
-            noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-            hidden = text_encoder(input_ids)[0].to(unet.dtype)
-            predicted = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=hidden).sample
-            if noise_scheduler.config.prediction_type == "v_prediction":
-                target = noise_scheduler.get_velocity(clean, noise, timesteps)
-            else:
-                target = noise
-            loss = F.mse_loss(predicted.float(), target.float())
+            loss = denoising_loss(pipeline, noise_scheduler, batch_tokens, latents, generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -199,6 +174,34 @@ def train_token_rows(
         len(tokens), total_steps, batch_size, losses[0], losses[-1],
     )  # fmt: skip
     return TrainingResult(total_steps, total_steps * batch_size, losses[0], losses[-1])
+
+
+def denoising_loss(pipeline, noise_scheduler, tokens: Sequence[str], latents: Mapping, generator) -> torch.Tensor:
+    """The pipeline's own training objective on one example per token: one of its images' latents, noised at
+    a random timestep, and the UNet asked to predict the noise (or the velocity) from a prompt holding the
+    token, one of TEMPLATES."""
+    import torch
+    import torch.nn.functional as F
+
+    unet, tokenizer = pipeline.unet, pipeline.tokenizer
+    device = unet.device
+    picks = [int(torch.randint(len(latents[t]), (1,), generator=generator)) for t in tokens]
+    clean = torch.stack([latents[t][p] for t, p in zip(tokens, picks, strict=True)]).to(device)
+    prompts = [TEMPLATES[int(torch.randint(len(TEMPLATES), (1,), generator=generator))].format(token=t) for t in tokens]
+    input_ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt",
+    ).input_ids.to(device)  # fmt: skip
+    noise = torch.randn(clean.shape, generator=generator).to(device, clean.dtype)
+    timesteps = torch.randint(noise_scheduler.config.num_train_timesteps, (len(tokens),), generator=generator)
+    timesteps = timesteps.to(device)
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+    hidden = pipeline.text_encoder(input_ids)[0].to(unet.dtype)
+    predicted = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=hidden).sample
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(clean, noise, timesteps)
+    else:
+        target = noise
+    return F.mse_loss(predicted.float(), target.float())
 
 
 def _latents(vae, pictures: Sequence[Image], resolution: int, generator) -> torch.Tensor:

@@ -60,48 +60,36 @@ def train_token_embeddings(settings: Settings, ds: str) -> dict[str, Any]:
     previous = read_version(store, parent) if parent else None
     warm = previous if previous is not None and previous["base_model"] == base_model else None
     warm_vectors = load_vectors(store, parent, [t for t in tokens_in_use if t in warm["tokens"]]) if warm else {}
-
-    descriptors = _descriptor_words(store, ds, settings)
     images = _training_images(store, ds, tokens_in_use, settings.token_embeddings.images_per_token)
+
     device, dtype = training_device()
     pipeline = load_diffusion_pipeline(diffusion_dir, device, dtype)
     token_ids = add_tokens(pipeline.tokenizer, pipeline.text_encoder, tokens_in_use)
-    start = {
-        token: warm_vectors.get(token)
-        if token in warm_vectors
+    descriptors = _descriptor_words(store, ds, settings)
+    set_rows(pipeline.text_encoder, token_ids, {
+        token: warm_vectors[token] if token in warm_vectors
         else descriptor_vector(pipeline.tokenizer, pipeline.text_encoder, descriptors.get(token, []))
         for token in tokens_in_use
-    }
-    set_rows(pipeline.text_encoder, token_ids, start)
+    })  # fmt: skip
     options = settings.token_embeddings
     result = train_token_rows(
         pipeline, token_ids, images, steps_per_token=options.steps_per_token, batch_size=options.batch_size,
         learning_rate=options.learning_rate, resolution=settings.generation.image_size, seed=settings.seed,
     )  # fmt: skip
-    vectors = rows(pipeline.text_encoder, token_ids)
-
     index = {
-        "version": ds,
-        "base_model": base_model,
-        "warm_start_from": parent if warm else None,
+        "version": ds, "base_model": base_model, "warm_start_from": parent if warm else None,
         "tokens": {
-            token: {
-                "file": _token_key(ds, token),
-                "start": "warm" if token in warm_vectors else "descriptor",
-                "images": len(images.get(token, [])),
-                "trained": bool(images.get(token)) and result.steps > 0,
-            }
+            token: {"file": _token_key(ds, token), "start": "warm" if token in warm_vectors else "descriptor",
+                    "images": len(images.get(token, [])), "trained": bool(images.get(token)) and result.steps > 0}
             for token in tokens_in_use
         },
-        "steps": result.steps,
-        "examples": result.examples,
-        "first_loss": result.first_loss,
+        "steps": result.steps, "examples": result.examples, "first_loss": result.first_loss,
         "final_loss": result.final_loss,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    _save_version(store, ds, vectors, index)
+    }  # fmt: skip
+    _save_version(store, ds, rows(pipeline.text_encoder, token_ids), index)
     _publish_latest(store, ds)
     untrained = [t for t, entry in index["tokens"].items() if not entry["trained"]]
+    log.info("trained %d token rows in %.1f s", len(tokens_in_use) - len(untrained), time.perf_counter() - started)
     if untrained:
         log.warning(
             "%d of %d tokens have no item image to train on and keep their starting row (descriptor words, "

@@ -209,3 +209,28 @@ def test_a_broken_campaign_file_is_a_campaign_error(planned):
     Path(planned.campaigns_file).write_text("campaigns:\n  - campaign_id: X Y\n")
     with pytest.raises(CampaignError, match="campaign 'X Y'"):
         plan_generation(planned, DS)
+
+
+def test_users_whose_prompts_differ_only_in_dropped_keywords_share_one_generation(test_size_models):
+    """Per-user personalization still generates a prompt once: two users whose keyword lists differ only
+    past what the budget keeps get the same prompt, so one generation with both in its audience."""
+    from pmg_tasks.campaigns import Campaign
+    from pmg_tasks.plan.stage import _PlanInputs, plan_campaign
+    from pmg_tasks.settings import Generation
+
+    shared = [f"taste{i}" for i in range(40)]  # far more than 77 tokens hold
+    inputs = _PlanInputs(
+        histories=pd.DataFrame({"user_id": ["u1", "u2"], "categories": [["Drama"], ["Drama"]], "engagement": [5, 4]}),
+        keywords={"u1": [*shared, "alpha-only"], "u2": [*shared, "beta-only"]},
+        item_words={"m1": ["red", "dress"]},
+        items=pd.DataFrame({"title": ["Red Dress"]}, index=pd.Index(["m1"], name="item_id")),
+        tokens={"u1": (["<pref_txt_0_1>"], ["<pref_txt_0_1>"], "s1"), "u2": (["<pref_txt_0_1>"], ["<pref_txt_0_1>"], "s1")},
+        descriptors={}, image_keys={}, target_reference="keywords",
+    )  # fmt: skip
+    campaign = Campaign(campaign_id="c", start_date="2026-11-01", end_date="2026-11-30", target_items=["m1"],
+                        personalization="user")  # fmt: skip
+    tokenizer = prompt_tokenizer(Path(test_size_models.diffusion), ["<pref_txt_0_1>"])
+    requests, generations = plan_campaign(campaign, inputs, tokenizer, Generation(), "")
+    assert len(requests) == 2 and len(generations) == 1
+    assert requests["signature"].nunique() == 1 and generations["users"].tolist() == [2]
+    assert generations["dropped_keywords"].iloc[0] > 0
