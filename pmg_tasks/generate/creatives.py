@@ -17,7 +17,9 @@ The Airflow shard (shard.py) wraps it with store I/O, naming and resume.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,6 +113,11 @@ class _Drawn:
     rows: list = field(default_factory=list)
     flags: list = field(default_factory=list)
 
+    def add(self, image, row, flag) -> None:
+        self.images.append(image)
+        self.rows.append(row)
+        self.flags.append(flag)
+
 
 class PersonalizedCreatives:
     """A diffusion pipeline and a CLIP scorer, loaded once, drawing and choosing for batches of requests."""
@@ -157,40 +164,46 @@ class PersonalizedCreatives:
     ) -> Iterator[RequestResult]:
         """Draws every request's candidates (`seeds[signature]`, one seed each) in batches of up to
         `generation.batch_size` images, embeds each batch once, and yields each request's result as soon as
-        its last candidate is in, so images are held only for requests still open.
+        its last candidate is in and its users have chosen, so images are held only for requests still open.
 
-        Out of GPU memory, the batch is halved and drawn again, down to one image; results already yielded
-        are never touched."""
+        The choice and its safety checks run on a thread of their own while the GPU draws the next batch
+        (both release the GIL). Out of GPU memory, the batch is halved and drawn again, down to one image;
+        results already yielded are never touched."""
         import torch
 
         queue = [(request, seed) for request in requests for seed in seeds[request.signature]]
         embedded_prompts: dict[tuple[str, str], tuple] = {}
         preference_rows: dict[str, np.ndarray] = {}
         drawn: dict[str, _Drawn] = {}
+        choosing: deque[Future[RequestResult]] = deque()
         batch_size, start = self.generation.batch_size, 0
-        while start < len(queue):
-            batch = queue[start : start + batch_size]
-            try:
-                images, flags = self.render([(r.prompt, r.negative_prompt) for r, _ in batch],
-                                            [s for _, s in batch], embedded_prompts)  # fmt: skip
-            except torch.OutOfMemoryError as error:
-                batch_size = smaller_batch(error, batch_size, self.generation.image_size)
-                continue
-            rows = self.scorer.image_embeddings(images)
-            for (request, _), image, row, flag in zip(batch, images, rows, flags, strict=True):
-                state = drawn.setdefault(request.signature, _Drawn())
-                state.images.append(image)
-                state.rows.append(row)
-                state.flags.append(flag)
-                if len(state.images) == len(seeds[request.signature]):
-                    del drawn[request.signature]
-                    yield self.choose(
-                        request, state.images, audiences[request.signature],
-                        (target_images or {}).get(request.target_image_key), preference_rows,
-                        candidate_rows=np.stack(state.rows), pipeline_flags=state.flags,
-                    )  # fmt: skip
-            start += len(batch)
-            log.info("%d/%d candidate images drawn (batch of %d)", start, len(queue), len(batch))
+        with ThreadPoolExecutor(1, thread_name_prefix="pmg-choose") as chooser:
+            while start < len(queue):
+                batch = queue[start : start + batch_size]
+                try:
+                    images, flags = self.render([(r.prompt, r.negative_prompt) for r, _ in batch],
+                                                [s for _, s in batch], embedded_prompts)  # fmt: skip
+                except torch.OutOfMemoryError as error:
+                    batch_size = smaller_batch(error, batch_size, self.generation.image_size)
+                    continue
+                rows = self.scorer.image_embeddings(images)
+                for (request, _), image, row, flag in zip(batch, images, rows, flags, strict=True):
+                    state = drawn.setdefault(request.signature, _Drawn())
+                    state.add(image, row, flag)
+                    if len(state.images) == len(seeds[request.signature]):
+                        del drawn[request.signature]
+                        choosing.append(chooser.submit(
+                            self.choose, request, state.images, audiences[request.signature],
+                            (target_images or {}).get(request.target_image_key), preference_rows,
+                            np.stack(state.rows), state.flags,
+                        ))  # fmt: skip
+                start += len(batch)
+                log.info("%d/%d candidate images drawn (batch of %d)", start, len(queue), len(batch))
+                # Hand back what is chosen; wait only when choosing falls a batch's worth behind.
+                while choosing and (choosing[0].done() or len(choosing) > batch_size):
+                    yield choosing.popleft().result()
+            while choosing:
+                yield choosing.popleft().result()
 
     def encode_prompts(self, prompts: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text-encoder states of each (prompt, negative prompt): the preference tokens in a prompt are looked
