@@ -6,7 +6,8 @@
    embeddings) once; then plan, headlines and every generate shard run twice on copies of that store, with
    `personalization: segment` and with `personalization: user`, test-size models, in the same process. The
    figure is diffusion calls (pipeline forward passes, counted at `PersonalizedCreatives.draw`) per requested
-   creative in each mode, and their ratio.
+   creative in each mode, and their ratio. (The image-safety classifier is off in both: it costs CPU per kept
+   image, not diffusion calls.)
 2. The choice step alone, in a child process (so its peak memory is its own): 1,000,000 users in 256
    segments, k = 4 candidates each, 768-dim unit embeddings (a ViT-L CLIP's width): d_p by one matrix
    product per segment and the row-wise choice, against the naive way (a Python loop over users, each
@@ -74,7 +75,9 @@ def bench_modes(users: int, items: int, workdir: Path) -> dict:
     models = build_test_size_models(workdir / "models")
     generation = Generation(image_size=32, inference_steps=1, guidance_scale=1.0, batch_size=32,
                             candidates_per_request=2, requests_per_shard=2048)  # fmt: skip
-    base = Settings(home=workdir / "front", models=models, generation=generation)
+    # The figure is diffusion calls; the image classifier (about 0.1 s of CPU a kept image here) would only
+    # stretch the per-user run by hours on a 2-core machine, so both modes run without it.
+    base = Settings(home=workdir / "front", models=models, generation=generation, safety={"enabled": False})
     shop = make_shop(users, items, dt.date.fromisoformat(DS), 7, seed=0)
     shop = dataclasses.replace(shop, items=write_item_images(open_store(base), shop.items))
     with connect(base) as warehouse:
