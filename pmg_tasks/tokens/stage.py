@@ -50,16 +50,13 @@ def train_token_embeddings(settings: Settings, ds: str) -> dict[str, Any]:
     base_model = model_version(str(diffusion_dir))
     tokens_in_use = _tokens_in_use(store, ds)
     existing = read_version(store, ds)
-    if existing is not None and existing["base_model"] == base_model and set(tokens_in_use) <= set(existing["tokens"]):
+    if _reusable(store, existing, base_model, tokens_in_use):
         log.info("token embeddings %s are complete for %d tokens: nothing to train", ds, len(tokens_in_use))
         _publish_latest(store, ds)
         return _write_summary(store, ds, existing, trained_now=False)
 
     started = time.perf_counter()
-    parent = warm_start_version(store, ds)
-    previous = read_version(store, parent) if parent else None
-    warm = previous if previous is not None and previous["base_model"] == base_model else None
-    warm_vectors = load_vectors(store, parent, [t for t in tokens_in_use if t in warm["tokens"]]) if warm else {}
+    parent, warm_vectors = _warm_start(store, ds, base_model, tokens_in_use)
     images = _training_images(store, ds, tokens_in_use, settings.token_embeddings.images_per_token)
 
     device, dtype = training_device()
@@ -77,7 +74,7 @@ def train_token_embeddings(settings: Settings, ds: str) -> dict[str, Any]:
         learning_rate=options.learning_rate, resolution=settings.generation.image_size, seed=settings.seed,
     )  # fmt: skip
     index = {
-        "version": ds, "base_model": base_model, "warm_start_from": parent if warm else None,
+        "version": ds, "base_model": base_model, "warm_start_from": parent,
         "tokens": {
             token: {"file": _token_key(ds, token), "start": "warm" if token in warm_vectors else "descriptor",
                     "images": len(images.get(token, [])), "trained": bool(images.get(token)) and result.steps > 0}
@@ -141,19 +138,48 @@ def version_id(index: dict) -> str:
     return f"tokens-{index['version']}-{index['digest'][:12]}"
 
 
-def warm_start_version(store: ObjectStore, ds: str) -> str | None:
-    """The version `ds` starts from: LATEST when it is older than `ds`, else (a rerun or a backfill) the
-    newest complete version before `ds`, so rerunning a date retraces the same steps."""
-    latest = _read_latest(store)
-    if latest and latest < ds:
-        return latest
+def warm_start_versions(store: ObjectStore, ds: str) -> list[str]:
+    """The versions `ds` may start from, best first: LATEST when it is older than `ds`, then (and for a
+    rerun or a backfill, only) the complete versions before `ds`, newest first, so rerunning a date retraces
+    the same steps."""
     complete = sorted(
-        key.removeprefix(layout.TOKEN_MODELS_PREFIX).split("/")[0]
-        for key in store.list_keys(layout.TOKEN_MODELS_PREFIX)
-        if key.endswith("/" + layout.TOKEN_INDEX_FILE)
+        {
+            key.removeprefix(layout.TOKEN_MODELS_PREFIX).split("/")[0]
+            for key in store.list_keys(layout.TOKEN_MODELS_PREFIX)
+            if key.endswith("/" + layout.TOKEN_INDEX_FILE)
+        },
+        reverse=True,
     )
     earlier = [version for version in complete if version < ds]
-    return earlier[-1] if earlier else None
+    latest = _read_latest(store)
+    return [latest, *[v for v in earlier if v != latest]] if latest and latest < ds else earlier
+
+
+def _warm_start(store: ObjectStore, ds: str, base_model: str, tokens: list[str]) -> tuple[str | None, dict]:
+    """The newest earlier version on the same base model whose rows read back, and its rows of `tokens`; a
+    damaged version is passed over, and the run says so."""
+    for version in warm_start_versions(store, ds):
+        index = read_version(store, version)
+        if index is None or index["base_model"] != base_model:
+            continue
+        try:
+            return version, load_vectors(store, version, [t for t in tokens if t in index["tokens"]])
+        except ValueError as error:
+            log.warning("token embeddings %s are damaged (%s): starting from an earlier version", version, error)
+    return None, {}
+
+
+def _reusable(store: ObjectStore, index: dict | None, base_model: str, tokens: list[str]) -> bool:
+    """Whether a version already written for this date serves tonight: complete, on this base model, holding
+    every token in use, and readable (a damaged file means training again)."""
+    if index is None or index["base_model"] != base_model or not set(tokens) <= set(index["tokens"]):
+        return False
+    try:
+        load_vectors(store, index["version"], tokens)
+    except ValueError as error:
+        log.warning("token embeddings %s are damaged (%s): training them again", index["version"], error)
+        return False
+    return True
 
 
 def _tokens_in_use(store: ObjectStore, ds: str) -> list[str]:

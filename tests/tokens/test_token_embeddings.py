@@ -199,3 +199,24 @@ def test_a_pipeline_given_rows_encodes_them(test_size_models):
     row = pipeline.text_encoder.get_input_embeddings().weight[pipeline.tokenizer.convert_tokens_to_ids(TOKEN)]
     assert torch.equal(row, vector)
     assert json.dumps(pipeline.tokenizer.tokenize(f"x {TOKEN} y")).count(TOKEN) == 1
+
+
+def test_a_damaged_version_is_trained_again_and_a_damaged_parent_is_passed_over(test_size_models, tmp_path, caplog):
+    third = "2026-11-22"
+    settings = stage_settings(tmp_path / "pmg", test_size_models, steps_per_token=0)
+    store = open_store(settings)
+    for night in (DS, NEXT):
+        write_run(settings, night, with_images=False)
+        train_token_embeddings(settings, night)
+    # Tonight's own version, damaged: a rerun trains it again instead of serving the damage.
+    key = read_version(store, NEXT)["tokens"][TOKEN]["file"]
+    store.put_bytes(key, b"\x00" * 10)
+    again = train_token_embeddings(settings, NEXT)
+    assert again["trained_now"] and load_vectors(store, NEXT, [TOKEN])
+    assert "training them again" in caplog.text
+    # Last night's version damaged: the next night starts from the one before and says so.
+    store.put_bytes(read_version(store, NEXT)["tokens"][TOKEN]["file"], b"\x00" * 10)
+    write_run(settings, third, with_images=False)
+    summary = train_token_embeddings(settings, third)
+    assert summary["warm_start_from"] == DS
+    assert f"token embeddings {NEXT} are damaged" in caplog.text
