@@ -5,6 +5,7 @@
     pmg demo seed                       seed the embedded warehouse and a campaigns file
     pmg models build-test-size --out D  tiny random models for every role, saved with save_pretrained
     pmg settings                        the effective settings, as PMG_* variables
+    pmg doctor                          check warehouse, store, models, Airflow pools and queues, campaigns
     pmg import movielens DIR            import a MovieLens folder into the warehouse
     pmg import events FILE --map T=S    import a CSV/Parquet clickstream through a column mapping
     pmg import items FILE --map T=S     import an item catalog (CSV, Parquet, JSON Lines) through a column mapping
@@ -175,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--out", type=Path, required=True)
 
     commands.add_parser("settings", help="print the effective settings as PMG_* variables")
+    commands.add_parser(
+        "doctor", help="check that this machine is ready for a night: one line per check, each failure with its fix",
+        description="Checks the warehouse and its tables, the object store (a probe key written, read and "
+        "deleted), every configured model, the Airflow pools and queues the DAG needs, the campaigns file and, "
+        "where a GPU is present, the GPU extra. Exits 1 when any check fails.",
+    )
 
     from pmg_tasks.importers.cli import add_import_commands
 
@@ -185,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         return nightly_run(args)
+    if args.command == "doctor":
+        from pmg_tasks.doctor import doctor
+
+        return doctor(Settings())
     if args.command == "demo" and args.demo_command == "run":
         return demo_run(args)
     if args.command == "demo":

@@ -121,6 +121,38 @@ class Keywords(BaseModel):
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
 
+# Minutes each stage of pmg_nightly may run before Airflow stops it, sized from the production profile's
+# nights with room to spare: a task stuck on a dead connection fails (and retries) instead of hanging.
+STAGE_TIMEOUTS_MIN = {
+    "run_date": 5, "extract": 60, "validate": 30, "histories": 30, "keyword_shards": 10, "keywords": 120,
+    "merge_keywords": 15, "preference_tokens": 90, "token_embeddings": 120, "plan": 30, "headlines": 60,
+    "generate": 180, "publish": 30,
+}  # fmt: skip
+
+
+class Watching(BaseModel):
+    """How an unwatched night tells people about itself (docs/operations.md): its deadline, timeouts and the
+    notifier that failure, retry and missed-deadline alerts go through."""
+
+    finish_by_utc: str = Field(
+        "07:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="HH:MM UTC the night must have finished by; later, the deadline alert fires",
+    )
+    deadline: bool = Field(True, description="the DeadlineAlert on the DAG; `pmg run` turns it off (docs/operations.md)")
+    dagrun_timeout_h: float = Field(10.0, gt=0, description="a run still going after this many hours fails")
+    task_timeouts_min: dict[str, int] = Field(
+        default_factory=lambda: dict(STAGE_TIMEOUTS_MIN), description="execution timeout per task, minutes"
+    )
+    default_task_timeout_min: int = Field(60, ge=1, description="tasks task_timeouts_min does not name")
+    notifier: str = Field(
+        "pmg_tasks.watch.alerts.LogNotifier",
+        description="dotted path of an Airflow notifier class, e.g. airflow.providers.smtp.notifications.smtp.SmtpNotifier",
+    )
+    notifier_kwargs: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="the notifier's arguments, e.g. {\"to\": \"oncall@example.com\"}"
+    )
+
+
 # What a named profile changes from the field defaults, group by group; the field defaults are `test` (tiny
 # and fast: laptops, CI, the demo). `production` is a night on real models on a GPU worker (H100/H200 class):
 # SD-1.5-sized images, enough steps and candidates to choose well, shards of about 10-20 GPU minutes
@@ -156,6 +188,7 @@ class Settings(BaseSettings):
     token_embeddings: TokenEmbeddings = TokenEmbeddings()
     safety: Safety = Safety()
     keywords: Keywords = Keywords()
+    watching: Watching = Watching()
 
     lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")
     history_length: int = Field(5, ge=1, description="engaged items per user history (PMG uses 5)")
