@@ -72,9 +72,9 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         items, store, encoder=settings.gnn_image_features, clip_model=settings.models.clip
     )
 
-    # 1. Where tonight starts: last night's version, unless tonight retrains from scratch.
-    parent = warm_start_version(store, ds)
-    previous = _load_version(store, parent) if parent else None
+    # 1. Where tonight starts: last night's version (a damaged one passed over for an earlier one), unless
+    # tonight retrains from scratch.
+    parent, previous, passed_over = _load_warm_start(store, ds)
     resized = previous is not None and previous["checkpoint"]["dim"] != settings.gnn_dim
     if resized:
         log.warning(
@@ -174,6 +174,8 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         "descriptors": len(descriptors),
         "descriptors_use_keywords": keywords is not None,
         "warm_started": warm is not None,
+        # Versions that could not be read back, newest first: tonight started from an earlier one instead.
+        "damaged_versions_passed_over": passed_over,
         "warm_start_from": parent if warm else None,
         "previous_version": parent,
         "codebooks_warm_started": all(q["codebooks_warm_started"] for q in quantization.values()),
@@ -191,6 +193,7 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         "segments": n_segments,
         "version": ds,
         "warm_start_from": parent if warm else None,
+        "damaged_versions_passed_over": [entry["version"] for entry in passed_over],
         "tokens_key": tokens_key,
     }
 
@@ -392,16 +395,44 @@ def warm_start_version(store: ObjectStore, ds: str) -> str | None:
     Nightly that is `LATEST`. When `LATEST` is `ds` itself or later (a rerun or a backfill), it is the newest
     complete version before `ds`, so rerunning a date retraces the same steps instead of building on itself.
     """
-    latest = read_latest_version(store)
-    if latest is not None and latest < ds:
-        return latest
+    versions = warm_start_versions(store, ds)
+    return versions[0] if versions else None
+
+
+def warm_start_versions(store: ObjectStore, ds: str) -> list[str]:
+    """The versions `ds` may start from, best first: `warm_start_version`, then every earlier complete
+    version, newest first (where a damaged one sends the night)."""
     complete = {
         key.removeprefix(GNN_MODELS_PREFIX).split("/")[0]
         for key in store.list_keys(GNN_MODELS_PREFIX)
         if key.endswith("/" + CODEBOOKS_FILE)
     }
-    earlier = sorted(version for version in complete if version < ds)
-    return earlier[-1] if earlier else None
+    earlier = sorted((version for version in complete if version < ds), reverse=True)
+    latest = read_latest_version(store)
+    if latest is not None and latest < ds:
+        return [latest, *(version for version in earlier if version != latest)]
+    return earlier
+
+
+def _load_warm_start(store: ObjectStore, ds: str) -> tuple[str | None, dict | None, list[dict[str, str]]]:
+    """The newest version `ds` may start from that reads back, its checkpoint and codebooks, and the damaged
+    versions passed over on the way (each with the reason); (None, None, ...) means a cold start."""
+    import pickle
+    import zipfile
+
+    passed_over = []
+    for version in warm_start_versions(store, ds):
+        try:
+            return version, _load_version(store, version), passed_over
+        except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"[:300]
+            log.warning(
+                "preference model version %s is damaged (%s): passing over it for an earlier version", version, reason
+            )
+            passed_over.append({"version": version, "reason": reason})
+    if passed_over:
+        log.warning("no earlier preference model version reads back: tonight trains from scratch")
+    return None, None, passed_over
 
 
 def read_latest_version(store: ObjectStore) -> str | None:

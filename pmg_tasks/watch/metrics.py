@@ -101,7 +101,7 @@ def emit(task_id: str, counts: dict[str, int]) -> None:
         stats.initialize(factory=get_stats_factory(), export_legacy_names=conf.getboolean("metrics", "legacy_names_on"))
         _INITIALIZED = True
     for name, value in counts.items():
-        if value:
-            stats.incr(f"{METRIC_PREFIX}.{name}", count=value)
+        # Zeros too: a counter that exists at 0 tells a dashboard the stage ran and found nothing.
+        stats.incr(f"{METRIC_PREFIX}.{name}", count=value)
     # One per finished task, so a dashboard sees a night's progress stage by stage.
     stats.incr(f"{METRIC_PREFIX}.task.{task_id}.succeeded")
