@@ -294,3 +294,24 @@ def test_items_with_images_give_image_tokens(settings, store, night_1, make_item
     assert frame["segment_id"].nunique() == frame["segment_tokens"].map(tuple).nunique()
     descriptors = read_frame(store, run_key(NIGHT_1, "token_descriptors.parquet"))
     assert set(descriptors["view"]) == {"txt", "img"}
+
+
+def test_a_damaged_checkpoint_is_passed_over_for_the_earlier_version_and_the_night_says_so(
+    settings, store, night_1, night_2, caplog
+):
+    update_preference_tokens(settings, NIGHT_1)
+    # An intact version before night 1, then night 1's checkpoint cut short.
+    earlier = "2026-11-19"
+    for name in ("checkpoint.pt", "codebooks.pt"):
+        store.put_bytes(gnn_model_prefix(earlier) + name, store.get_bytes(gnn_model_prefix(NIGHT_1) + name))
+    damaged = gnn_model_prefix(NIGHT_1) + "checkpoint.pt"
+    store.put_bytes(damaged, store.get_bytes(damaged)[:200])
+
+    with caplog.at_level("WARNING", logger="pmg_tasks.preferences.stage"):
+        result = update_preference_tokens(settings, NIGHT_2)
+    report = read_json(store, run_key(NIGHT_2, "preference_graph.json"))
+    assert result["warm_start_from"] == report["warm_start_from"] == earlier
+    assert result["damaged_versions_passed_over"] == [NIGHT_1]
+    assert report["damaged_versions_passed_over"][0]["version"] == NIGHT_1
+    assert f"preference model version {NIGHT_1} is damaged" in caplog.text
+    assert read_latest_version(store) == NIGHT_2
