@@ -155,3 +155,19 @@ def test_unanswered_requests_fail_the_shard_but_keep_what_was_answered(shop, cha
     assert store.list_keys("cache/keywords/") == []
     stats = read_json(store, run_key(DS, "stats/keywords.json"))
     assert stats["failed_calls"] == stats["cache_misses"]
+
+
+def test_a_rerun_asks_only_what_failed_and_judges_the_share_of_the_whole_shard(shop, chat_server):
+    def answer(body, attempt):
+        # One user in five never gets an integrated answer, on every attempt.
+        if schema_fields(body) == ["keywords"] and hash(body["messages"][-1]["content"]) % 5 == 0:
+            return 503, "down", 0.0
+        return well_formed(body, attempt)
+
+    chat_server.answer = answer
+    settings = openai_settings(shop, chat_server, retries=0, max_failed_fraction=0.4)
+    extract_keywords(settings, DS)
+    asked_first = chat_server.calls()
+    # The rerun asks only for what failed; every one of those fails again, yet the shard's share is the same.
+    extract_keywords(settings, DS)
+    assert 0 < chat_server.calls() - asked_first < asked_first
