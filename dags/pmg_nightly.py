@@ -44,8 +44,8 @@ def _fail_without_retry(error: Exception):
     params={"ds": Param(None, type=["null", "string"], description="YYYY-MM-DD to process instead of D-1")},
     default_args={
         "owner": "data-engineering",
-        "retries": SETTINGS.pools.task_retries,
-        "retry_delay": dt.timedelta(seconds=SETTINGS.pools.retry_delay_s),
+        "retries": SETTINGS.retries.per_task,
+        "retry_delay": dt.timedelta(seconds=SETTINGS.retries.delay_s),
         "retry_exponential_backoff": True,
         "execution_timeout": dt.timedelta(hours=2),
     },
