@@ -25,10 +25,10 @@ from __future__ import annotations
 import logging
 import re
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
-from pmg_tasks.extraction_window import extraction_window
+from pmg_tasks.extraction_window import extraction_window, plausible_span
 from pmg_tasks.layout import run_key
 from pmg_tasks.store import ObjectStore, open_store, write_json
 from pmg_tasks.validation.items import CatalogCheck, check_catalog, items_quarantine_schema
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ITEM_CHUNK_ROWS = 10_000
-# An event dated later than this after the current time is a clock that is off, not a late night's event.
-FUTURE_SLACK = timedelta(days=1)
 
 
 def extract_clickstream(
@@ -118,9 +116,8 @@ def extract_clickstream(
 def count_events_outside_windows(warehouse: Warehouse, floor: date, now: datetime | None = None) -> dict:
     """How many of the warehouse's events lie outside every plausible window: before `floor`, after
     `now` + 1 day, or with no event_ts. These are never extracted, so no validation would count them."""
-    moment = datetime.now(UTC) if now is None else now
-    moment = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
-    bounds = {"floor": datetime.combine(floor, datetime.min.time()), "ceiling": moment + FUTURE_SLACK}
+    start, end = plausible_span(floor, datetime.now(UTC) if now is None else now)
+    bounds = {"floor": start, "ceiling": end}
     ((before, after, undated),) = warehouse.fetch_rows(load_sql("count_events_outside_windows.sql"), bounds)
     return {
         "before_floor": int(before),
