@@ -16,6 +16,7 @@ user's training items (fit and validation) removed.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pmg_tasks.settings import Settings
+
+log = logging.getLogger(__name__)
 
 TEST_FRACTION = 0.2
 MIN_INTERACTIONS = 5
@@ -145,6 +148,10 @@ def compare_preference_models(
                     "vectors": (users, items_),
                 }
             )
+            log.info(
+                "%s at lr %g: validation Recall@%d %.4f after %d epochs (best %d), %.1f s", name, learning_rate, k,
+                runs[-1]["validation_recall"], result.epochs, result.best_epoch, runs[-1]["seconds"],
+            )  # fmt: skip
         best = max(runs, key=lambda run: run["validation_recall"])
         report["models"][name] = {
             **_metrics(ranking_metrics(*best["vectors"], test, k=k), k),
