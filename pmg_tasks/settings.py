@@ -8,6 +8,7 @@ e.g. `PMG_MODELS__DIFFUSION=/models/sd`). Nothing deeper in the code reads the e
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -124,6 +125,20 @@ class Keywords(BaseModel):
         import os
 
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
+
+
+class Validation(BaseModel):
+    """What event validation counts against the bad-data threshold, and which dates could be real
+    (docs/warehouse.md, "Validation rules")."""
+
+    exact_duplicates_exempt: bool = Field(
+        True, description="exact copies of an event (same event_id, same content: a redelivery) are quarantined "
+        "but not counted toward max_bad_fraction; near-duplicates (same id, other content) always count",
+    )
+    plausible_since: date = Field(
+        date(2000, 1, 1), description="events dated before this, or after now + 1 day, lie outside every run's "
+        "window: each run counts them in the warehouse and reports them",
+    )
 
 
 class Preferences(BaseModel):
@@ -248,6 +263,7 @@ class Settings(BaseSettings):
     pools: Pools = Pools()
     retries: Retries = Retries()
     preferences: Preferences = Preferences()
+    validation: Validation = Validation()
     generation: Generation = Generation()
     token_embeddings: TokenEmbeddings = TokenEmbeddings()
     safety: Safety = Safety()
