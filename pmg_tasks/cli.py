@@ -5,6 +5,7 @@
     pmg demo seed                       seed the embedded warehouse and a campaigns file
     pmg models build-test-size --out D  tiny random models for every role, saved with save_pretrained
     pmg settings                        the effective settings, as PMG_* variables
+    pmg pools                           create or resize pmg's Airflow pools from the settings (AIRFLOW_HOME's Airflow)
     pmg import movielens DIR            import a MovieLens folder into the warehouse
     pmg import events FILE --map T=S    import a CSV/Parquet clickstream through a column mapping
     pmg import items FILE --map T=S     import an item catalog (CSV, Parquet, JSON Lines) through a column mapping
@@ -16,6 +17,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -147,6 +149,27 @@ def print_outputs(settings: Settings, ds: str, log_file: Path) -> int:
     return 0
 
 
+def set_airflow_pools() -> int:
+    """`pmg pools`: the pools of these settings, in the Airflow this process's environment names."""
+    import os
+
+    from pmg_tasks.airflow_run import NightlyRunError, set_pools
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    try:
+        specs = set_pools(Settings(), env)
+    except (NightlyRunError, OSError) as error:
+        print(f"pmg pools: {error}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as error:
+        print(f"pmg pools: `airflow pools set` failed (exit {error.returncode}); is the metadata database "
+              "migrated (`airflow db migrate`)?", file=sys.stderr)
+        return 1
+    for name, slots, what in specs:
+        print(f"{name}: {slots} slot{'s' if slots != 1 else ''} ({what})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pmg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -175,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--out", type=Path, required=True)
 
     commands.add_parser("settings", help="print the effective settings as PMG_* variables")
+    commands.add_parser(
+        "pools", help="create or resize pmg's Airflow pools from the settings",
+        description="Sets the GPU and LLM pools, with the slot counts the DAG caps its tasks with, in the "
+        "Airflow this environment names (AIRFLOW_HOME, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN). Safe to repeat.",
+    )
 
     from pmg_tasks.importers.cli import add_import_commands
 
@@ -201,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         from pmg_tasks.importers.cli import run_import
 
         return run_import(args)
+    if args.command == "pools":
+        return set_airflow_pools()
     if args.command == "models":
         from pmg_tasks.models.test_size import build_test_size_models
 

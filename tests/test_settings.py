@@ -64,3 +64,14 @@ def test_every_field_stays_overridable_under_a_profile(monkeypatch, tmp_path):
 def test_an_unknown_profile_names_the_choices():
     with pytest.raises(ValidationError, match="(?s)profile.*'test' or 'production'"):
         Settings(profile="fast")
+
+
+def test_the_llm_tasks_follow_the_model_onto_the_gpu_queue(tmp_path):
+    pools = {"gpu_queue": "gpu", "gpu_slots": 4, "llm_slots": 2}
+    assert Settings(home=tmp_path, pools=pools).placement("gpu") == ("pmg_gpu", "gpu", 4)
+    assert Settings(home=tmp_path, pools=pools).placement("llm") == ("pmg_llm", "default", 2)
+    assert Settings(home=tmp_path, pools=pools, keyword_backend="openai").placement("llm") == ("pmg_llm", "default", 2)
+    for backend in ("transformers", "vllm"):
+        assert Settings(home=tmp_path, pools=pools, keyword_backend=backend).placement("llm") == ("pmg_gpu", "gpu", 4)
+    with pytest.raises(ValidationError, match="gpu_slots"):
+        Settings(home=tmp_path, pools={"gpu_slots": 0})
