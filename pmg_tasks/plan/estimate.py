@@ -256,7 +256,8 @@ def format_estimate(night: NightEstimate) -> str:
     if t.images_per_s is not None:
         lines.append(f"  throughput: {t.images_per_s:g} images/s per GPU ({t.images_source})")
     if night.gpu_hours is not None:
-        lines.append(f"  GPU-hours: {night.gpu_hours:,.2f}; wall time on {night.gpus} GPUs: {night.wall_hours:,.2f} h")
+        partial = " (generation only: keyword time unknown)" if any(u.startswith("keywords") for u in night.unknown) else ""
+        lines.append(f"  GPU-hours: {night.gpu_hours:,.2f}; wall time on {night.gpus} GPUs: {night.wall_hours:,.2f} h{partial}")
     for missing in night.unknown:
         lines.append(f"  unknown: {missing}")
     return "\n".join(lines)
