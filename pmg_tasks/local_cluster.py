@@ -119,12 +119,18 @@ class _Process:
 
 
 class LocalCeleryCluster:
-    """The cluster for one `settings`; `workers` maps each Celery queue to its worker's concurrency."""
+    """The cluster for one `settings`; `workers` maps each Celery queue to its worker's concurrency.
+    `executor="LocalExecutor"` (and no workers) runs the same processes with the scheduler's own task
+    processes instead of Celery's: the baseline the distributed run is measured against."""
 
-    def __init__(self, settings: Settings, workdir: Path, workers: dict[str, int]):
+    def __init__(self, settings: Settings, workdir: Path, workers: dict[str, int],
+                 executor: str = "CeleryExecutor"):
+        if executor == "LocalExecutor" and workers:
+            raise ValueError("the LocalExecutor runs tasks in the scheduler's own processes: give no workers")
         self.settings = settings
         self.workdir = Path(workdir)
         self.workers = workers
+        self.executor = executor
         self.database = f"pmg_cluster_{secrets.token_hex(4)}"
         self.processes: list[_Process] = []
         self.env: dict[str, str] = {}
@@ -255,7 +261,7 @@ class LocalCeleryCluster:
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(PLUGINS_FOLDER),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__PARALLELISM": "8",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
