@@ -23,6 +23,8 @@ from airflow.sdk import Asset, Param, dag, task
 from pmg_tasks.settings import Settings
 
 SETTINGS = Settings()
+# Diffusion tasks go to the GPU queue and pool; LLM tasks follow when their backend loads a model.
+GPU, LLM = SETTINGS.placement("gpu"), SETTINGS.placement("llm")
 CREATIVE_MANIFESTS = Asset(name="pmg_creative_manifests")
 
 
@@ -88,7 +90,7 @@ def pmg_nightly():
 
         return plan_keyword_shards(Settings(), day)
 
-    @task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
+    @task(pool=LLM.pool, queue=LLM.queue, max_active_tis_per_dag=LLM.slots)
     def keywords(day: str, shard_index: int) -> dict:
         from pmg_tasks.campaigns import CampaignError
         from pmg_tasks.keywords.stage import extract_keyword_shard
@@ -110,7 +112,7 @@ def pmg_nightly():
 
         return update_preference_tokens(Settings(), day)
 
-    @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue)
+    @task(pool=GPU.pool, queue=GPU.queue, max_active_tis_per_dag=GPU.slots)
     def token_embeddings(day: str) -> dict:
         from pmg_tasks.tokens.stage import train_token_embeddings
 
@@ -126,13 +128,13 @@ def pmg_nightly():
         except CampaignError as error:
             raise _fail_without_retry(error) from error
 
-    @task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
+    @task(pool=LLM.pool, queue=LLM.queue, max_active_tis_per_dag=LLM.slots)
     def headlines(day: str) -> dict:
         from pmg_tasks.headlines import write_headlines
 
         return write_headlines(Settings(), day)
 
-    @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue, max_active_tis_per_dag=SETTINGS.pools.gpu_slots)
+    @task(pool=GPU.pool, queue=GPU.queue, max_active_tis_per_dag=GPU.slots)
     def generate(day: str, shard_index: int) -> dict:
         from pmg_tasks.generate.shard import generate_shard
 

@@ -5,6 +5,8 @@
     pmg demo seed                       seed the embedded warehouse and a campaigns file
     pmg models build-test-size --out D  tiny random models for every role, saved with save_pretrained
     pmg settings                        the effective settings, as PMG_* variables
+    pmg plan --estimate --ds DATE [--gpus N]  what a night will cost (users, generations, shards, GPU-hours)
+    pmg pools                           create or resize pmg's Airflow pools from the settings (AIRFLOW_HOME's Airflow)
     pmg import movielens DIR            import a MovieLens folder into the warehouse
     pmg import events FILE --map T=S    import a CSV/Parquet clickstream through a column mapping
     pmg import items FILE --map T=S     import an item catalog (CSV, Parquet, JSON Lines) through a column mapping
@@ -17,6 +19,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -189,6 +192,52 @@ def print_outputs(settings: Settings, ds: str, log_file: Path) -> int:
     return 0
 
 
+def estimate(args: argparse.Namespace) -> int:
+    """`pmg plan --estimate`: the cost of a night, printed before anything runs."""
+    import json
+
+    from pmg_tasks.campaigns import CampaignError
+    from pmg_tasks.plan.estimate import RESULTS_DIR, estimate_night, format_estimate, read_throughput
+
+    try:
+        dt.date.fromisoformat(args.ds)
+    except ValueError:
+        print(f"pmg plan: --ds {args.ds!r} is not a date; write it as YYYY-MM-DD", file=sys.stderr)
+        return 2
+    if args.gpus < 1:
+        print(f"pmg plan: --gpus must be at least 1, got {args.gpus}", file=sys.stderr)
+        return 2
+    throughput = read_throughput(args.results or RESULTS_DIR, args.images_per_s, args.keyword_requests_per_s)
+    try:
+        night = estimate_night(Settings(), args.ds, args.gpus, throughput)
+    except CampaignError as error:
+        print(f"pmg plan: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(night.to_dict(), indent=2) if args.json else format_estimate(night))
+    return 0
+
+
+def set_airflow_pools() -> int:
+    """`pmg pools`: the pools of these settings, in the Airflow this process's environment names."""
+    import os
+
+    from pmg_tasks.airflow_run import NightlyRunError, set_pools
+
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    try:
+        specs = set_pools(Settings(), env)
+    except (NightlyRunError, OSError) as error:
+        print(f"pmg pools: {error}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as error:
+        print(f"pmg pools: `airflow pools set` failed (exit {error.returncode}); is the metadata database "
+              "migrated (`airflow db migrate`)?", file=sys.stderr)
+        return 1
+    for name, slots, what in specs:
+        print(f"{name}: {slots} slot{'s' if slots != 1 else ''} ({what})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pmg", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -217,6 +266,24 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--out", type=Path, required=True)
 
     commands.add_parser("settings", help="print the effective settings as PMG_* variables")
+    plan = commands.add_parser(
+        "plan", help="estimate a night before it runs",
+        description="Reads the warehouse, the campaigns and the store (nothing is extracted, trained or "
+        "generated) and prints users per campaign, requested creatives, distinct generations, shards, keyword "
+        "requests after the cache, and GPU-hours and wall time from measured throughput (docs/scale-out.md).",
+    )
+    plan.add_argument("--estimate", action="store_true", required=True, help="estimate only (the one mode)")
+    plan.add_argument("--ds", required=True, help="the date to estimate, YYYY-MM-DD")
+    plan.add_argument("--gpus", type=int, default=1, help="GPU workers (default 1)")
+    plan.add_argument("--images-per-s", type=float, help="one GPU's images/s, instead of benchmarks/results/")
+    plan.add_argument("--keyword-requests-per-s", type=float, help="one GPU's vLLM requests/s, instead of benchmarks/results/")
+    plan.add_argument("--results", type=Path, help="benchmark results folder (default: benchmarks/results)")
+    plan.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    commands.add_parser(
+        "pools", help="create or resize pmg's Airflow pools from the settings",
+        description="Sets the GPU and LLM pools, with the slot counts the DAG caps its tasks with, in the "
+        "Airflow this environment names (AIRFLOW_HOME, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN). Safe to repeat.",
+    )
 
     from pmg_tasks.preferences.comparison import LEARNING_RATES, MAX_EPOCHS, MIN_INTERACTIONS, TEST_FRACTION
 
@@ -263,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         from pmg_tasks.importers.cli import run_import
 
         return run_import(args)
+    if args.command == "pools":
+        return set_airflow_pools()
+    if args.command == "plan":
+        return estimate(args)
     if args.command == "models":
         from pmg_tasks.models.test_size import build_test_size_models
 

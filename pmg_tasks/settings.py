@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,15 +28,22 @@ class ModelPaths(BaseModel):
     llm: str = ""
 
 
+# Keyword backends that load a model onto the machine that runs the task: on a cluster, a GPU worker's job.
+# catalog needs no model and openai calls a served one, so both run on any worker.
+GPU_KEYWORD_BACKENDS = ("transformers", "vllm")
+
+
 class Pools(BaseModel):
-    """Airflow pools that cap concurrency of the expensive stages."""
+    """Airflow pools and Celery queues that cap and place the expensive stages (docs/scale-out.md).
+    `pmg pools` creates the pools with these slot counts; the DAG caps its tasks with the same numbers."""
 
     gpu: str = "pmg_gpu"
-    gpu_slots: int = 1
+    gpu_slots: int = Field(1, ge=1, description="GPU tasks at once across all workers: one per GPU")
     llm: str = "pmg_llm"
-    llm_slots: int = 1
+    llm_slots: int = Field(1, ge=1, description="keyword/headline tasks at once on a model-free or served backend")
     # Celery queue that GPU workers listen on; "default" runs everything on any worker (a laptop).
     gpu_queue: str = "default"
+    default_queue: str = Field("default", description="Airflow's [operators] default_queue: the CPU workers' queue")
 
 
 class Retries(BaseModel):
@@ -44,6 +51,14 @@ class Retries(BaseModel):
 
     per_task: int = Field(2, ge=0, description="Airflow retries per task (tests set 0 to fail fast)")
     delay_s: int = Field(120, ge=1, description="first retry delay; doubles each attempt")
+
+
+class Placement(NamedTuple):
+    """A task's Airflow pool, Celery queue, and the most of its instances that run at once."""
+
+    pool: str
+    queue: str
+    slots: int
 
 
 class Generation(BaseModel):
@@ -310,6 +325,19 @@ class Settings(BaseSettings):
         if not self.campaigns_file:
             self.campaigns_file = str(home / "campaigns.yaml")
         return self
+
+    @property
+    def keywords_need_gpu(self) -> bool:
+        """The keyword backend loads an LLM into the task's own process (transformers, vllm)."""
+        return self.keyword_backend in GPU_KEYWORD_BACKENDS
+
+    def placement(self, role: Literal["gpu", "llm"]) -> Placement:
+        """Where the tasks of a role run and how many at once: diffusion work (`gpu`) always on the GPU
+        queue in the GPU pool; LLM work (`llm`: keywords, headlines) there too when its backend loads a
+        model, else on the default queue in the LLM pool."""
+        if role == "gpu" or self.keywords_need_gpu:
+            return Placement(self.pools.gpu, self.pools.gpu_queue, self.pools.gpu_slots)
+        return Placement(self.pools.llm, self.pools.default_queue, self.pools.llm_slots)
 
     def to_env(self) -> dict[str, str]:
         """These settings as PMG_* variables, so a child process (an Airflow task) sees the same ones."""

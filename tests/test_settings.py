@@ -106,3 +106,14 @@ def test_a_new_name_wins_over_its_deprecated_one(monkeypatch, tmp_path):
         assert Settings(home=tmp_path, gnn_epochs=5, preferences={"epochs": 9}).preferences.epochs == 9
     with pytest.warns(FutureWarning):
         assert Settings(home=tmp_path, gnn_epochs=5).preferences.epochs == 5
+
+
+def test_the_llm_tasks_follow_the_model_onto_the_gpu_queue(tmp_path):
+    pools = {"gpu_queue": "gpu", "gpu_slots": 4, "llm_slots": 2}
+    assert Settings(home=tmp_path, pools=pools).placement("gpu") == ("pmg_gpu", "gpu", 4)
+    assert Settings(home=tmp_path, pools=pools).placement("llm") == ("pmg_llm", "default", 2)
+    assert Settings(home=tmp_path, pools=pools, keyword_backend="openai").placement("llm") == ("pmg_llm", "default", 2)
+    for backend in ("transformers", "vllm"):
+        assert Settings(home=tmp_path, pools=pools, keyword_backend=backend).placement("llm") == ("pmg_gpu", "gpu", 4)
+    with pytest.raises(ValidationError, match="gpu_slots"):
+        Settings(home=tmp_path, pools={"gpu_slots": 0})
