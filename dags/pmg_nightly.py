@@ -25,6 +25,8 @@ from pmg_tasks.watch.alerts import deadline_alert, task_timeout, watched_default
 
 SETTINGS = Settings()
 SCHEDULE = "0 2 * * *"
+# Diffusion tasks go to the GPU queue and pool; LLM tasks follow when their backend loads a model.
+GPU, LLM = SETTINGS.placement("gpu"), SETTINGS.placement("llm")
 CREATIVE_MANIFESTS = Asset(name="pmg_creative_manifests")
 
 
@@ -49,8 +51,8 @@ def _fail_without_retry(error: Exception):
     default_args={
         **watched_default_args(SETTINGS),
         "owner": "data-engineering",
-        "retries": SETTINGS.pools.task_retries,
-        "retry_delay": dt.timedelta(seconds=SETTINGS.pools.retry_delay_s),
+        "retries": SETTINGS.retries.per_task,
+        "retry_delay": dt.timedelta(seconds=SETTINGS.retries.delay_s),
         "retry_exponential_backoff": True,
     },
 )
@@ -93,8 +95,9 @@ def pmg_nightly():
         return plan_keyword_shards(Settings(), day)
 
     @task(
-        pool=SETTINGS.pools.llm,
-        max_active_tis_per_dag=SETTINGS.pools.llm_slots,
+        pool=LLM.pool,
+        queue=LLM.queue,
+        max_active_tis_per_dag=LLM.slots,
         execution_timeout=task_timeout(SETTINGS, "keywords"),
         map_index_template="user shard {{ task.op_kwargs['shard_index'] }}",
     )
@@ -120,8 +123,9 @@ def pmg_nightly():
         return update_preference_tokens(Settings(), day)
 
     @task(
-        pool=SETTINGS.pools.gpu,
-        queue=SETTINGS.pools.gpu_queue,
+        pool=GPU.pool,
+        queue=GPU.queue,
+        max_active_tis_per_dag=GPU.slots,
         execution_timeout=task_timeout(SETTINGS, "token_embeddings"),
     )
     def token_embeddings(day: str) -> dict:
@@ -140,8 +144,9 @@ def pmg_nightly():
             raise _fail_without_retry(error) from error
 
     @task(
-        pool=SETTINGS.pools.llm,
-        max_active_tis_per_dag=SETTINGS.pools.llm_slots,
+        pool=LLM.pool,
+        queue=LLM.queue,
+        max_active_tis_per_dag=LLM.slots,
         execution_timeout=task_timeout(SETTINGS, "headlines"),
     )
     def headlines(day: str) -> dict:
@@ -150,9 +155,9 @@ def pmg_nightly():
         return write_headlines(Settings(), day)
 
     @task(
-        pool=SETTINGS.pools.gpu,
-        queue=SETTINGS.pools.gpu_queue,
-        max_active_tis_per_dag=SETTINGS.pools.gpu_slots,
+        pool=GPU.pool,
+        queue=GPU.queue,
+        max_active_tis_per_dag=GPU.slots,
         execution_timeout=task_timeout(SETTINGS, "generate"),
         map_index_template="generation shard {{ task.op_kwargs['shard_index'] }}",
     )

@@ -205,22 +205,23 @@ def check_airflow(settings: Settings) -> list[Check]:
             checks.append(Check(f"pool {pool}", False, f"has {have} slots: its tasks would never run", fix))
         else:
             checks.append(Check(f"pool {pool}", True, f"{have} slots"))
-    checks.append(_queue_check(settings, found))
+    queues = {settings.pools.default_queue, settings.placement("gpu").queue, settings.placement("llm").queue}
+    checks.extend(_queue_check(settings, queue, found) for queue in sorted(queues))
     return checks
 
 
-def _queue_check(settings: Settings, found: dict) -> Check:
-    queue, executor = settings.pools.gpu_queue, found["executor"]
-    name = f"queue {queue}"
+def _queue_check(settings: Settings, queue: str, found: dict) -> Check:
+    executor, name = found["executor"], f"queue {queue}"
     if "Celery" not in executor:
-        if queue == "default":
+        if queue == settings.pools.default_queue == "default":
             return Check(name, True, f"{executor} runs every task on this machine")
-        return Check(name, False, f"{executor} ignores queues, yet GPU tasks are sent to {queue!r}",
-                     "set PMG_POOLS__GPU_QUEUE=default here, or run Airflow with the CeleryExecutor")  # fmt: skip
+        return Check(name, False, f"{executor} ignores queues, yet tasks are sent to {queue!r}",
+                     "set PMG_POOLS__GPU_QUEUE=default (and PMG_POOLS__DEFAULT_QUEUE=default) here, or run "
+                     "Airflow with the CeleryExecutor (docs/scale-out.md)")  # fmt: skip
     consumers = found.get("queues", {})
     if queue not in consumers:
-        return Check(name, False, "no Celery worker consumes it: GPU tasks would wait forever",
-                     f"start a GPU worker with `airflow celery worker --queues {queue}`")  # fmt: skip
+        return Check(name, False, "no Celery worker consumes it: its tasks would wait forever",
+                     f"start a worker with `airflow celery worker --queues {queue}`")  # fmt: skip
     return Check(name, True, f"consumed by {', '.join(sorted(consumers[queue]))}")
 
 

@@ -69,16 +69,16 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         )
     items = read_frame(store, items_key)
     image_features = item_image_features(
-        items, store, encoder=settings.gnn_image_features, clip_model=settings.models.clip
+        items, store, encoder=settings.preferences.image_features, clip_model=settings.models.clip
     )
 
     # 1. Where tonight starts: last night's version (a damaged one passed over for an earlier one), unless
     # tonight retrains from scratch.
     parent, previous, passed_over = _load_warm_start(store, ds)
-    resized = previous is not None and previous["checkpoint"]["dim"] != settings.gnn_dim
+    resized = previous is not None and previous["checkpoint"]["dim"] != settings.preferences.dim
     if resized:
         log.warning(
-            "model version %s has gnn_dim %d; retraining from scratch", parent, previous["checkpoint"]["dim"]
+            "model version %s has preferences.dim %d; retraining from scratch", parent, previous["checkpoint"]["dim"]
         )
     full_retrain = previous is None or resized or is_full_retrain_day(settings, ds)
     warm = None if full_retrain else previous
@@ -86,7 +86,7 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
     known_items = warm["checkpoint"]["item_ids"] if warm else []
 
     started = time.perf_counter()
-    with _torch_threads(settings.torch_threads):
+    with _torch_threads(settings.preferences.torch_threads):
         # 2. The graph, over tonight's ids plus every id the warm version knew.
         source = f"{events_key} / {items_key}"
         graph = _graph(settings, events, items, image_features, known_users, known_items, source)
@@ -116,7 +116,7 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
     active = [graph.user_ids[row] for row in graph.active_users()]
     tokens = {user: [t for view in model.views for t in view_tokens[view].get(user, [])] for user in active}
     # A segment is a coarse taste (the first levels of every view); the finer tokens stay the user's own.
-    levels = settings.segment_levels
+    levels = settings.preferences.segment_levels
     segment_tokens = {
         user: [t for view in model.views for t in view_tokens[view].get(user, [])[:levels]] for user in active
     }
@@ -161,11 +161,11 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         "stopped_early": training.stopped_early,
         "validation_recall@20": max(training.validation) if training.validation else None,
         "train_seconds": round(seconds, 3),
-        "learning_rate": settings.gnn_warm_learning_rate if warm else settings.gnn_learning_rate,
+        "learning_rate": settings.preferences.warm_learning_rate if warm else settings.preferences.learning_rate,
         "first_loss": training.losses[0],
         "final_loss": training.losses[-1],
-        "token_levels": settings.token_levels,
-        "token_codes": settings.token_codes,
+        "token_levels": settings.preferences.token_levels,
+        "token_codes": settings.preferences.token_codes,
         "quantization": quantization,
         "reconstruction_error": quantization[TEXT_VIEW]["reconstruction_error"],
         "segments": n_segments,
@@ -199,8 +199,8 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
 
 
 def is_full_retrain_day(settings: Settings, ds: str) -> bool:
-    """Whether `ds` is the weekday (`gnn_full_retrain_weekday`) on which the GNN retrains from scratch."""
-    return dt.date.fromisoformat(ds).weekday() == settings.gnn_full_retrain_weekday
+    """Whether `ds` is the weekday (`preferences.full_retrain_weekday`) on which the GNN retrains from scratch."""
+    return dt.date.fromisoformat(ds).weekday() == settings.preferences.full_retrain_weekday
 
 
 def interactions_hashes(events: pd.DataFrame) -> dict[str, str]:
@@ -244,7 +244,7 @@ def _graph(
             items,
             known_user_ids=known_users,
             known_item_ids=known_items,
-            recency_half_life=settings.gnn_recency_half_life,
+            recency_half_life=settings.preferences.recency_half_life,
             image_features=image_features,
         )
     except ValueError as error:
@@ -264,24 +264,24 @@ def _train(
 
     feature_dims = {view: features.shape[1] for view, features in graph.item_features.items()}
     model = ModalPreferenceGNN(
-        graph.num_users, graph.num_items, settings.gnn_dim, settings.gnn_layers, feature_dims
+        graph.num_users, graph.num_items, settings.preferences.dim, settings.preferences.layers, feature_dims
     )
     model.reset_parameters(torch.Generator().manual_seed(settings.seed))
     common = {
         "seed": settings.seed,
-        "batch_size": settings.gnn_batch_size,
-        "l2": settings.gnn_l2,
-        "negative_candidates": settings.gnn_negative_candidates,
+        "batch_size": settings.preferences.batch_size,
+        "l2": settings.preferences.l2,
+        "negative_candidates": settings.preferences.negative_candidates,
     }
     if warm is not None:
         _copy_known_rows(model, graph, warm["checkpoint"])
-        epochs, learning_rate = settings.gnn_warm_epochs, settings.gnn_warm_learning_rate
+        epochs, learning_rate = settings.preferences.warm_epochs, settings.preferences.warm_learning_rate
         return model, train_bpr(model, graph, epochs=epochs, learning_rate=learning_rate, **common)
 
     # Each (user, item)'s latest event decides when it happened; the latest pairs of each user are held out.
     pairs = events.groupby(["user_id", "item_id"], as_index=False)["event_ts"].max()
     fit_pairs, held = temporal_holdout(
-        pairs, settings.gnn_validation_fraction, min_interactions=settings.gnn_validation_min_items,
+        pairs, settings.preferences.validation_fraction, min_interactions=settings.preferences.validation_min_items,
         time_column="event_ts",
     )  # fmt: skip
     validation, fit_graph = None, graph
@@ -294,8 +294,8 @@ def _train(
         )
         validation = ranking_task(fit_graph, fit_pairs, held)
     training = train_bpr(
-        model, fit_graph, epochs=settings.gnn_epochs, learning_rate=settings.gnn_learning_rate,
-        validation=validation, patience=settings.gnn_patience, **common,
+        model, fit_graph, epochs=settings.preferences.epochs, learning_rate=settings.preferences.learning_rate,
+        validation=validation, patience=settings.preferences.patience, **common,
     )  # fmt: skip
     return model, training
 
@@ -321,13 +321,13 @@ def _quantize_view(
     rows = graph.view_users(view)
     users = [graph.user_ids[row] for row in rows]
     preferences = F.normalize(user_embedding[torch.tensor(rows, dtype=torch.long)], dim=1)
-    shape = (settings.token_levels, settings.token_codes, settings.gnn_dim)
+    shape = (settings.preferences.token_levels, settings.preferences.token_codes, settings.preferences.dim)
     init = _previous_codebooks(warm, view, shape)
     codebooks = fit_residual_codebooks(
-        preferences, settings.token_levels, settings.token_codes, seed=settings.seed, init=init
+        preferences, settings.preferences.token_levels, settings.preferences.token_codes, seed=settings.seed, init=init
     )
     codes = assign_codes(preferences, codebooks)
-    previous_codes = _previous_codes(last_tokens, view, users, settings.token_levels)
+    previous_codes = _previous_codes(last_tokens, view, users, settings.preferences.token_levels)
     if previous_codes is not None:
         known = previous_codes[:, 0] >= 0
         books, _ = align_codes(codebooks, codes[known], previous_codes[known])

@@ -23,7 +23,7 @@ MASK = "***"
 # Fields that change how a night runs, never what it writes: concurrency, time limits, retries, where the
 # local defaults live, alerting. Everything else must be the same on every worker of a run.
 OPERATIONAL_FIELDS = frozenset({
-    "home", "pools", "watching", "torch_threads", "duckdb_memory_limit", "warehouse_conn_id",
+    "home", "pools", "retries", "watching", "preferences.torch_threads", "duckdb_memory_limit", "warehouse_conn_id",
     "keywords.concurrency", "keywords.timeout_s", "keywords.retries", "keywords.backoff_s", "keywords.api_key_env",
     "generation.batch_size", "generation.compile", "generation.checkpoint_requests",
     "keywords.tensor_parallel_size", "keywords.gpu_memory_utilization",

@@ -127,7 +127,7 @@ def drills(postgres_server, test_size_models, tmp_path_factory):  # noqa: F811
             keyword_backend="openai",
             keywords={"endpoint_url": server.url, "model": "drill-llm", "api_key_env": "PMG_DRILL_LLM_KEY",
                       "timeout_s": LLM_TIMEOUT_S, "retries": 0, "concurrency": 4, "max_failed_fraction": 0.3},
-            pools={"task_retries": 1, "retry_delay_s": 1},
+            retries={"per_task": 1, "delay_s": 1},
             generation={"checkpoint_requests": 1, "requests_per_shard": 8},
         )  # fmt: skip
         seed_demo(settings, DS, users=40, items=24, days=7, overwrite_campaigns=True)

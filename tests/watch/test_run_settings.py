@@ -29,7 +29,7 @@ def test_a_worker_with_other_output_settings_is_told_which(tmp_path):
     write_run_settings(store, settings, "2026-11-20")
     check_run_settings(store, settings, "2026-11-20")
     # Concurrency, timeouts and alerting change how a night runs, not what it writes.
-    check_run_settings(store, settings.model_copy(update={"torch_threads": 4}), "2026-11-20")
+    check_run_settings(store, settings.model_copy(update={"preferences": settings.preferences.model_copy(update={"torch_threads": 4})}), "2026-11-20")
     other = settings.model_copy(update={"generation": settings.generation.model_copy(update={"image_size": 128})})
     with pytest.raises(SettingsMismatch, match=r"generation.image_size: run has 64, this worker 128"):
         check_run_settings(store, other, "2026-11-20")
