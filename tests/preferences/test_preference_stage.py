@@ -81,6 +81,7 @@ def test_outputs_have_the_published_schema(settings, store, night_1, make_events
         "segments": report["segments"],
         "version": NIGHT_1,
         "warm_start_from": None,
+        "damaged_versions_passed_over": [],
         "tokens_key": run_key(NIGHT_1, "preference_tokens.parquet"),
     }
     assert store.exists(gnn_model_prefix(NIGHT_1) + "checkpoint.pt")
