@@ -63,13 +63,18 @@ def alert_record(event: str, context, extra: dict | None = None) -> dict:
 
 def notifier(settings: Settings, event: str) -> BaseNotifier:
     """The configured notifier for `event` (task_failed, task_retry)."""
-    from airflow.sdk._shared.module_loading import import_string
+    import importlib
 
-    cls = import_string(settings.watching.notifier)
-    kwargs = dict(settings.watching.notifier_kwargs)
-    if cls is LogNotifier:
+    module, _, name = settings.watching.notifier.rpartition(".")
+    return getattr(importlib.import_module(module), name)(**notifier_kwargs(settings, event))
+
+
+def notifier_kwargs(settings: Settings, event: str) -> dict[str, Any]:
+    """The configured notifier's arguments; the default one is also told which event it reports."""
+    kwargs: dict[str, Any] = dict(settings.watching.notifier_kwargs)
+    if settings.watching.notifier == f"{__name__}.{LogNotifier.__name__}":
         kwargs["event"] = event
-    return cls(**kwargs)
+    return kwargs
 
 
 def task_timeout(settings: Settings, task_id: str) -> dt.timedelta:
@@ -96,13 +101,10 @@ def deadline_alert(settings: Settings, schedule: str) -> list:
     if not settings.watching.deadline:
         return []
 
-    kwargs: dict[str, Any] = dict(settings.watching.notifier_kwargs)
-    if settings.watching.notifier == "pmg_tasks.watch.alerts.LogNotifier":
-        kwargs["event"] = "deadline_missed"
     return [DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=finish_within(settings, schedule),
-        callback=AsyncCallback(settings.watching.notifier, kwargs=kwargs),
+        callback=AsyncCallback(settings.watching.notifier, kwargs=notifier_kwargs(settings, "deadline_missed")),
         name="pmg_nightly finish time",
     )]
 
