@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import shutil
 
 import pytest
 
@@ -46,8 +46,12 @@ def test_each_broken_piece_fails_its_line_with_the_fix(ready, capsys, monkeypatc
 
     with connect(ready) as warehouse:
         warehouse.execute("DROP TABLE items")
-    weights = sorted(Path(ready.models.clip).rglob("*.safetensors"))[0]
+    # A copy of the session's CLIP, cut short: the shared test-size models stay whole for other tests.
+    clip = tmp_path / "clip"
+    shutil.copytree(ready.models.clip, clip)
+    weights = sorted(clip.rglob("*.safetensors"))[0]
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    monkeypatch.setenv("PMG_MODELS__CLIP", str(clip))
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the store should be")
     monkeypatch.setenv("PMG_STORE_ROOT", str(blocker / "store"))
