@@ -185,6 +185,10 @@ def print_outputs(settings: Settings, ds: str, log_file: Path) -> int:
     validation = read_json(store, run_key(ds, "validation.json"))
     print(f"\nDone: {success['rows']} creatives; {validation['valid']} valid and {validation['quarantined']} "
           f"quarantined events of {validation['extracted']}.")
+    outside = validation.get("events_outside_windows") or {}
+    if outside.get("total"):
+        print(f"  note: the warehouse holds {outside['total']} events no run will process (dated before "
+              f"{outside['floor'][:10]}, after {outside['ceiling'][:10]} or undated); see the report")
     print(f"  creatives: {where(creatives_prefix(ds))}/")
     for campaign, key in sorted(success["manifests"].items()):
         print(f"  manifest ({campaign}): {where(key)}")

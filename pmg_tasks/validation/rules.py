@@ -162,7 +162,9 @@ _CONTROL_FAST = _lazy("_suspect_ids", _CONTROL.replace("{c}", _IDS_JOINED))
 _FORMAT_FAST = _lazy("_suspect_ids", _FORMAT.replace("{c}", _IDS_JOINED))
 _EMPTY = "trim({c}) = ''"
 _EMPTY_FAST = _lazy("{c} < '!'", _EMPTY)
-_NULL_LIKE = "lower(trim({c})) IN (" + ", ".join(sql_string(t) for t in NULL_LIKE_IDS) + ")"
+# Equalities ORed, not `IN (...)`: DuckDB turns an IN list this long into a join, which runs for every
+# row instead of only the few that reach the CASE branch (2.4 of 7 CPU-seconds of the rules on 10M events).
+_NULL_LIKE = "(" + " OR ".join(f"lower(trim({{c}})) = {sql_string(t)}" for t in NULL_LIKE_IDS) + ")"
 _NULL_LIKE_FAST = _lazy(
     f"strlen({{c}}) <= {_NULL_LIKE_MAX_CHARS} OR {{c}} < '!' OR ends_with({{c}}, ' ')", _NULL_LIKE
 )
