@@ -11,7 +11,7 @@ import contextlib
 import io
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -30,6 +30,7 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def list_keys(self, prefix: str) -> list[str]: ...
     def delete_prefix(self, prefix: str) -> int: ...
+    def delete_keys(self, keys: Sequence[str]) -> int: ...
     def url(self, key: str) -> str: ...
 
     def writing(self, key: str) -> contextlib.AbstractContextManager[Path]:
@@ -80,9 +81,11 @@ class LocalStore:
         return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
 
     def delete_prefix(self, prefix: str) -> int:
-        keys = self.list_keys(prefix)
+        return self.delete_keys(self.list_keys(prefix))
+
+    def delete_keys(self, keys: Sequence[str]) -> int:
         for key in keys:
-            self.path(key).unlink()
+            self.path(key).unlink(missing_ok=True)
         return len(keys)
 
     def url(self, key: str) -> str:
@@ -161,7 +164,10 @@ class S3Store:
         return sorted(keys)
 
     def delete_prefix(self, prefix: str) -> int:
-        keys = self.list_keys(prefix)
+        return self.delete_keys(self.list_keys(prefix))
+
+    def delete_keys(self, keys: Sequence[str]) -> int:
+        keys = list(keys)
         for start in range(0, len(keys), 1000):
             batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})

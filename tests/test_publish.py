@@ -138,3 +138,72 @@ def test_a_request_the_safety_checks_blocked_is_left_out_and_counted(generated):
     assert counts["blocked_requests"] == 1 and counts["blocked_users"] == len(users)
     assert counts["flagged"] == {"nudenet:FEMALE_BREAST_EXPOSED": 2}
     assert "1 requests" in store.get_bytes(report_key(DS)).decode()
+
+
+def test_the_manifest_is_typed_as_its_contract_and_names_the_models(generated):
+    import pyarrow.parquet as pq
+
+    from pmg_tasks import manifest as contract
+
+    publish_run(generated, DS)
+    store = open_store(generated)
+    table = pq.read_table(store.path(manifest_key(DS, "winter-classics")))
+    assert table.schema.remove_metadata() == contract.schema().remove_metadata()
+    rows = table.to_pandas()
+    assert set(rows["safety"]) <= {"passed", "replaced"} and set(rows["personalization"]) <= {"segment", "user"}
+    for column in ("diffusion_model", "clip_model"):
+        assert rows[column].str.fullmatch(r"[A-Za-z0-9._-]+-[0-9a-f]{12}").all(), column
+    assert (rows["llm_model"] == "template").all()  # the demo's catalog backend writes template headlines
+    generations = read_frame(store, run_key(DS, "generations.parquet")).set_index("signature")
+    assert (rows["prompt"] == generations.loc[rows["signature"], "prompt"].to_numpy()).all()
+    assert (rows["prompt_tokens"] > 0).all()
+    assert contract.missing_requests(table) == [] and table.schema.metadata[contract.COMPLETE_KEY] == b"true"
+
+
+def test_a_rerun_writes_byte_identical_manifests_and_marker(generated):
+    store = open_store(generated)
+    publish_run(generated, DS)
+    keys = [k for k in store.list_keys(f"manifests/ds={DS}/")]
+    first = {key: store.get_bytes(key) for key in keys}
+    publish_run(generated, DS)
+    assert {key: store.get_bytes(key) for key in store.list_keys(f"manifests/ds={DS}/")} == first
+
+
+def test_creatives_no_manifest_names_go_after_the_new_manifests_and_before_the_marker(generated, monkeypatch):
+    import pmg_tasks.publish as publish
+    from pmg_tasks.store import LocalStore
+
+    store = open_store(generated)
+    stale = f"creatives/ds={DS}/campaign=retired-campaign/0123456789abcdef0123.png"
+    older = f"creatives/ds={DS}/campaign=winter-classics/fedcba98765432100000.png"  # another model version
+    for key in (stale, older):
+        store.put_bytes(key, b"png")
+    events = []
+
+    class Recording(LocalStore):
+        def writing(self, key):
+            events.append(("write", key))
+            return super().writing(key)
+
+        def delete_keys(self, keys):
+            events.extend(("delete", key) for key in keys)
+            return super().delete_keys(keys)
+
+    monkeypatch.setattr(publish, "open_store", lambda settings: Recording(settings.store_root))
+    result = publish_run(generated, DS)
+    assert not store.exists(stale) and not store.exists(older) and result["removed_creatives"] == 2
+    assert manifests(generated)["image_key"].map(store.exists).all()
+    order = [key for _, key in events]
+    last_manifest = max(i for i, key in enumerate(order) if key.endswith("manifest.parquet"))
+    assert last_manifest < order.index(stale) < order.index(success_key(DS))
+
+
+def test_docs_list_every_manifest_column_with_its_type():
+    import re
+    from pathlib import Path
+
+    from pmg_tasks import manifest as contract
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "manifest.md").read_text()
+    documented = dict(re.findall(r"^\| `(\w+)` \| `([\w<>]+)` \|", doc, flags=re.M))
+    assert documented == {name: kind for name, kind, _ in contract.COLUMNS}
