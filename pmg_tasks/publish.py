@@ -136,6 +136,10 @@ def publish_run(settings: Settings, ds: str, *, partial: bool = False, failed_sh
         f", {len(missing)} requests missing from shards {missing_shards}" if missing_shards else "", removed,
         locations["report"],
     )  # fmt: skip
+    transfers = store.transfer_stats()
+    if transfers:
+        log.info("object store: %d requests, %d retried attempts %s", transfers["requests"], transfers["retries"],
+                 transfers["retries_by_operation"])  # fmt: skip
     return {**counts, **locations}
 
 

@@ -121,6 +121,21 @@ class Keywords(BaseModel):
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
 
+class S3(BaseModel):
+    """How the store reaches S3 (pmg_tasks/s3_client.py). Inside Airflow through a connection, whose
+    `endpoint_url` extra serves any S3-compatible server; outside, boto3's own credentials and
+    `s3_endpoint_url`."""
+
+    conn_id: str = Field("aws_default", description="Airflow connection; used where it is defined")
+    region: str = Field("", description="region outside Airflow; empty: boto3's default")
+    upload_threads: int = Field(16, ge=1, le=128, description="uploads in flight at once per store")
+    max_attempts: int = Field(10, ge=1, description="botocore attempts per request (adaptive retry mode)")
+    multipart_threshold_mb: int = Field(16, ge=5, description="objects from this size upload in parts")
+    multipart_chunk_mb: int = Field(16, ge=5, description="part size of a multipart upload")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0)
+
+
 # What a named profile changes from the field defaults, group by group; the field defaults are `test` (tiny
 # and fast: laptops, CI, the demo). `production` is a night on real models on a GPU worker (H100/H200 class):
 # SD-1.5-sized images, enough steps and candidates to choose well, shards of about 10-20 GPU minutes
@@ -147,7 +162,7 @@ class Settings(BaseSettings):
     warehouse_url: str = Field("", description="duckdb:///path.duckdb or a SQLAlchemy URL; default: DuckDB in home")
     warehouse_conn_id: str = Field("", description="an Airflow connection id; wins over warehouse_url in tasks")
     store_root: str = Field("", description="local folder or s3://bucket/prefix; default: home/store")
-    s3_endpoint_url: str = Field("", description="S3 API endpoint; empty means AWS itself")
+    s3_endpoint_url: str = Field("", description="S3 API endpoint outside Airflow; empty means AWS itself")
     campaigns_file: str = Field("", description="YAML of campaigns; default: home/campaigns.yaml")
 
     models: ModelPaths = ModelPaths()
@@ -156,6 +171,7 @@ class Settings(BaseSettings):
     token_embeddings: TokenEmbeddings = TokenEmbeddings()
     safety: Safety = Safety()
     keywords: Keywords = Keywords()
+    s3: S3 = S3()
 
     lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")
     history_length: int = Field(5, ge=1, description="engaged items per user history (PMG uses 5)")
