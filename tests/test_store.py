@@ -181,3 +181,19 @@ def test_put_many_runs_a_bounded_pool_and_raises_the_first_failure():
     assert 1 < peak[0] <= 4 and sorted(seen) == sorted(f"k{i}" for i in range(60))
     with pytest.raises(OSError, match="disk full"):
         put_many_with_pool(put, [("a", b""), ("bad", b""), ("c", b"")], threads=2)
+
+
+@pytest.mark.integration
+def test_s3_store_rides_out_a_flaky_server_and_counts_its_retries(s3_server, s3_bucket):
+    from tests.fault_proxy import FaultProxy
+
+    with FaultProxy(s3_server, error_rate=0.15, drop_rate=0.05, seed=3) as proxy:
+        store = open_store(Settings(store_root=f"s3://{s3_bucket}/flaky", s3_endpoint_url=proxy.url))
+        items = [(f"creatives/ds=2026-11-20/campaign=c/{i:03d}.png", f"png {i}".encode()) for i in range(40)]
+        assert store.put_many(items) == 40
+        assert store.list_keys("creatives/ds=2026-11-20/") == [key for key, _ in items]
+        assert all(store.get_bytes(key) == data for key, data in items)
+        stats = store.transfer_stats()
+    assert proxy.counts["error"] > 0 and proxy.counts["drop"] > 0
+    # Every injected fault cost one retried attempt, seen in the responses (a drop too: it is retried).
+    assert stats["retries"] == proxy.counts["error"] + proxy.counts["drop"]
