@@ -38,6 +38,10 @@ class RetryCounter:
             self.requests[name] += 1
             if attempts:
                 self.retries[name] += attempts
+        if attempts:
+            # Into the task log as it happens: every task, not only those that print a summary.
+            status = getattr(http_response, "status_code", "?")
+            log.warning("S3 %s answered %s after %d retried attempts", name, status, attempts)
 
     def summary(self) -> dict:
         with self.lock:
