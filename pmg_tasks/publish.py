@@ -23,6 +23,7 @@ from pmg_tasks.layout import (
     report_key,
     run_key,
     shard_key,
+    shard_record_prefix,
     shard_result_key,
     success_key,
 )
@@ -103,8 +104,10 @@ def publish_run(settings: Settings, ds: str, *, partial: bool = False, failed_sh
 
     manifests = _write_manifests(store, ds, manifest, missing, sorted(set(requests["campaign_id"])))
     # Only now, with the new manifests in place: images no manifest names any more (another model version,
-    # a dropped campaign, a shard left out) go, before the marker says the date is complete.
-    removed = _remove_unreferenced_creatives(store, ds, set(manifest["image_key"]))
+    # a dropped campaign) go, before the marker says the date is complete. Those a missing shard recorded
+    # stay: its retried task trusts its record and would not draw them again.
+    keep = set(manifest["image_key"]) | _recorded_images(store, ds, missing_shards)
+    removed = _remove_unreferenced_creatives(store, ds, keep)
     counts = {
         "rows": len(manifest),
         "campaigns": sorted(manifests),
@@ -163,6 +166,17 @@ def _write_manifests(
 def _remove_unreferenced_creatives(store: ObjectStore, ds: str, referenced: set[str]) -> int:
     stale = [key for key in store.list_keys(creatives_prefix(ds)) if key not in referenced]
     return store.delete_keys(stale)
+
+
+def _recorded_images(store: ObjectStore, ds: str, shards: list[int]) -> set[str]:
+    """Image keys the result or record parts of `shards` name."""
+    keys = set()
+    for index in shards:
+        sources = [shard_result_key(ds, index), *store.list_keys(shard_record_prefix(ds, index))]
+        for key in sources:
+            if store.exists(key):
+                keys.update(k for k in read_frame(store, key)["image_key"] if k)
+    return keys
 
 
 def _request_list(requests: pd.DataFrame) -> list[dict]:

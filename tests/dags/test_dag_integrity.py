@@ -66,7 +66,7 @@ def test_wiring_follows_the_nightly_flow(nightly):
         "plan": {"preference_tokens"},
         "headlines": {"plan"},
         "generate": {"plan", "headlines", "token_embeddings"},
-        "publish": {"generate"},
+        "publish": {"generate", "plan"},
     }
 
 
@@ -90,3 +90,9 @@ def test_expensive_stages_run_in_their_pools_and_generation_fans_out(nightly):
 def test_publish_emits_the_manifest_asset(nightly):
     outlets = nightly.get_task("publish").outlets
     assert [a.name for a in outlets] == ["pmg_creative_manifests"]
+
+
+def test_publish_runs_after_failed_shards_and_partial_publishing_is_opt_in(nightly):
+    # It must run to name the failed shards (or, asked to, publish the rest); the param decides which.
+    assert nightly.get_task("publish").trigger_rule == "all_done"
+    assert nightly.params["publish_partial"] is False
