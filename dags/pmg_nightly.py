@@ -156,15 +156,18 @@ def pmg_nightly():
     # publish the rest. `planned` is the plan's own output, so a failed plan still stops it here.
     @task(outlets=[CREATIVE_MANIFESTS], trigger_rule="all_done")
     def publish(day: str, planned: list[int], **context) -> dict:
-        from pmg_tasks.publish import PublishError, publish_run
+        from pmg_tasks.publish import PublishError, asset_event_extra, publish_run
 
         failed = _failed_shards(context, planned)
         try:
-            return publish_run(
+            published = publish_run(
                 Settings(), day, partial=bool(context["params"]["publish_partial"]), failed_shards=failed
             )
         except PublishError as error:
             raise _fail_without_retry(error) from error
+        # Consumers scheduled on the Asset learn from the event itself what changed and where it is.
+        context["outlet_events"][CREATIVE_MANIFESTS].extra = asset_event_extra(published)
+        return published
 
     day = run_date()
     extracted, validated, built = extract(day), validate(day), histories(day)

@@ -42,6 +42,8 @@ class NightlyRun:
     run_id: str = ""
     state: str = ""
     task_states: dict[str, int] = field(default_factory=dict)
+    # The `extra` of every Asset event the run emitted (publish's pmg_creative_manifests), oldest first.
+    asset_events: list[dict] = field(default_factory=list)
 
 
 def airflow_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -116,7 +118,7 @@ def run_nightly_dag(
     recorded = _recorded_run(env, logical_date_for(ds))
     run = NightlyRun(
         ds=ds, log_file=log_file, run_id=recorded.get("run_id") or "", state=recorded.get("state") or "",
-        task_states=recorded.get("task_states") or {},
+        task_states=recorded.get("task_states") or {}, asset_events=recorded.get("asset_events") or [],
     )
     problem = run_problem(run, recorded.get("start_date"))
     if problem:
@@ -162,6 +164,7 @@ def _describe_run(dag_id: str, logical_date: str) -> dict:
     """Inside the Airflow environment: the latest run at `logical_date`, its task states, the DAG's
     start_date."""
     from airflow.models import DagRun, TaskInstance
+    from airflow.models.asset import AssetEvent
     from airflow.models.serialized_dag import SerializedDagModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -188,10 +191,15 @@ def _describe_run(dag_id: str, logical_date: str) -> dict:
                 select(TaskInstance.state).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id)
             )
         )
+        events = session.scalars(
+            select(AssetEvent).where(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run.run_id)
+            .order_by(AssetEvent.id)
+        )
         return {
             "run_id": run.run_id,
             "state": _state_name(run.state),
             "task_states": dict(states),
+            "asset_events": [dict(event.extra or {}) for event in events],
             "start_date": start.isoformat() if start else None,
         }
 

@@ -102,7 +102,7 @@ def publish_run(settings: Settings, ds: str, *, partial: bool = False, failed_sh
     missing = requests[requests["signature"].isin(absent)]
     manifest = assemble_manifest(requests[~requests["signature"].isin(absent)], generations, headlines, generated, store)
 
-    manifests = _write_manifests(store, ds, manifest, missing, sorted(set(requests["campaign_id"])))
+    manifests, tables = _write_manifests(store, ds, manifest, missing, sorted(set(requests["campaign_id"])))
     # Only now, with the new manifests in place: images no manifest names any more (another model version,
     # a dropped campaign) go, before the marker says the date is complete. Those a missing shard recorded
     # stay: its retried task trusts its record and would not draw them again.
@@ -117,6 +117,8 @@ def publish_run(settings: Settings, ds: str, *, partial: bool = False, failed_sh
         "missing_shards": missing_shards,
         "removed_creatives": removed,
     }
+    if settings.publishing.warehouse_table:
+        counts["warehouse_rows"] = _upsert_warehouse(settings, ds, tables)
     stats = _collect_stats(store, ds)
     stats["manifest"] = {**counts, "safety": safety_counts(generated)}
     store.put_bytes(report_key(ds), render_report(ds, manifest, stats).encode())
@@ -143,24 +145,49 @@ def publish_run(settings: Settings, ds: str, *, partial: bool = False, failed_sh
     if transfers:
         log.info("object store: %d requests, %d retried attempts %s", transfers["requests"], transfers["retries"],
                  transfers["retries_by_operation"])  # fmt: skip
-    return {**counts, **locations}
+    # "creatives" is where they are (as before); their count goes by its own name.
+    rest = {k: v for k, v in counts.items() if k != "creatives"}
+    return {"ds": ds, "complete": not missing_shards, **rest, "distinct_creatives": counts["creatives"], **locations}
+
+
+def asset_event_extra(published: dict) -> dict:
+    """What the `pmg_creative_manifests` event tells consumers: the date, where its manifests are, counts."""
+    return {
+        "ds": published["ds"], "complete": published["complete"], "manifests": published["manifests"],
+        "success": published["success"], "creatives": published["creatives"], "rows": published["rows"],
+        "distinct_creatives": published["distinct_creatives"],
+        "users": published["users"], "campaigns": published["campaigns"],
+        "missing_requests": published["missing_requests"], "missing_shards": published["missing_shards"],
+    }  # fmt: skip
+
+
+def _upsert_warehouse(settings: Settings, ds: str, tables: list) -> int:
+    """The date's rows of generated_creatives become the new manifests' rows."""
+    import pyarrow as pa
+
+    from pmg_tasks.creatives_table import upsert_creatives
+    from pmg_tasks.warehouse import connect
+
+    with connect(settings) as warehouse:
+        return upsert_creatives(warehouse, ds, pa.concat_tables(tables) if tables else manifest_schema.schema().empty_table())
 
 
 def _write_manifests(
     store: ObjectStore, ds: str, manifest: pd.DataFrame, missing: pd.DataFrame, campaigns: list[str]
-) -> dict[str, str]:
+) -> tuple[dict[str, str], list]:
     """One manifest per planned campaign (empty where all its requests are missing); a campaign dropped since
-    the last attempt at this date loses its old one. Returns campaign -> key."""
-    manifests = {}
+    the last attempt at this date loses its old one. Returns campaign -> key, and the tables written."""
+    manifests, tables = {}, []
     for campaign_id in campaigns:
         rows = manifest[manifest["campaign_id"] == campaign_id]
         lacking = _request_list(missing[missing["campaign_id"] == campaign_id])
         table = manifest_schema.to_table(rows, [{k: r[k] for k in ("user_id", "item_id")} for r in lacking])
         manifests[campaign_id] = write_table(store, manifest_key(ds, campaign_id), table)
+        tables.append(table)
     for key in store.list_keys(f"manifests/ds={ds}/"):
         if key.endswith("manifest.parquet") and key not in manifests.values():
             store.delete_prefix(key)
-    return manifests
+    return manifests, tables
 
 
 def _remove_unreferenced_creatives(store: ObjectStore, ds: str, referenced: set[str]) -> int:

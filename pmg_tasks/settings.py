@@ -136,6 +136,12 @@ class S3(BaseModel):
     read_timeout_s: float = Field(60.0, gt=0)
 
 
+class Publishing(BaseModel):
+    """What publish writes besides the manifests (docs/manifest.md)."""
+
+    warehouse_table: bool = Field(True, description="upsert the manifest rows into generated_creatives")
+
+
 # What a named profile changes from the field defaults, group by group; the field defaults are `test` (tiny
 # and fast: laptops, CI, the demo). `production` is a night on real models on a GPU worker (H100/H200 class):
 # SD-1.5-sized images, enough steps and candidates to choose well, shards of about 10-20 GPU minutes
@@ -172,6 +178,7 @@ class Settings(BaseSettings):
     safety: Safety = Safety()
     keywords: Keywords = Keywords()
     s3: S3 = S3()
+    publishing: Publishing = Publishing()
 
     lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")
     history_length: int = Field(5, ge=1, description="engaged items per user history (PMG uses 5)")

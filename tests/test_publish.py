@@ -294,7 +294,7 @@ def test_the_asset_event_says_what_was_published(generated):
     assert extra["ds"] == DS and extra["complete"] is True and extra["missing_requests"] == 0
     assert sorted(extra["manifests"]) == ["sci-fi-weekend", "winter-classics"]
     assert all(uri.startswith("file://") and uri.endswith("manifest.parquet") for uri in extra["manifests"].values())
-    assert extra["rows"] == len(manifests(generated)) and extra["creatives"] > 0 and extra["users"] > 0
+    assert extra["rows"] == len(manifests(generated)) and extra["distinct_creatives"] > 0 and extra["users"] > 0
     import json
 
     json.dumps(extra)  # an event's extra must be plain JSON

@@ -28,7 +28,7 @@ def nightly(dagbag):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "pmg_nightly" in dagbag.dags
+    assert "pmg_nightly" in dagbag.dags and "pmg_creatives_consumer" in dagbag.dags
 
 
 def test_parsing_imports_no_heavy_library():
@@ -96,3 +96,8 @@ def test_publish_runs_after_failed_shards_and_partial_publishing_is_opt_in(night
     # It must run to name the failed shards (or, asked to, publish the rest); the param decides which.
     assert nightly.get_task("publish").trigger_rule == "all_done"
     assert nightly.params["publish_partial"] is False
+
+
+def test_the_example_consumer_is_scheduled_on_the_manifest_asset(dagbag):
+    condition = dagbag.dags["pmg_creatives_consumer"].timetable.asset_condition
+    assert [asset.name for asset in condition.objects] == ["pmg_creative_manifests"]

@@ -63,13 +63,23 @@ def test_nightly_dag_on_s3_equals_a_local_run_and_rides_out_a_faulty_network(
         # The test reads directly (plain settings), never through the proxy.
         return open_store(settings.model_copy(update={"s3_endpoint_url": s3_server}))
 
-    run_nightly_dag(on_s3("prod"), run_date, extra_env=aws_connection(s3_server), log_name="s3")
+    run = run_nightly_dag(on_s3("prod"), run_date, extra_env=aws_connection(s3_server), log_name="s3")
+    # The Asset event tells consumers the date, where the manifests are, and how much they hold.
+    [event] = run.asset_events
+    assert event["ds"] == run_date and event["complete"] is True and event["missing_shards"] == []
+    assert all(uri.startswith(f"s3://{bucket}/prod/manifests/ds={run_date}/") for uri in event["manifests"].values())
     local = base.model_copy(update={"store_root": str(base.home / "local-store")})
     run_stages_until(local, run_date, "publish")
     want = published(open_store(local), run_date)
     assert len(want["manifest"]) > 0
     got = published(reader(on_s3("prod")), run_date)
     assert_same(got, want)
+    assert event["rows"] == len(want["manifest"]) and sorted(event["manifests"]) == event["campaigns"]
+    # The reader, on S3 as on a folder.
+    from pmg_tasks.consumers import load_manifest
+
+    read = load_manifest(run_date, settings=on_s3("prod").model_copy(update={"s3_endpoint_url": s3_server}))
+    assert len(read) == len(want["manifest"]) and read.attrs["complete"] is True
     Image.open(io.BytesIO(next(iter(got["creatives"].values())))).load()
     assert all(uri.startswith(f"s3://{bucket}/prod/creatives/") for uri in read_frame(
         reader(on_s3("prod")), got["keys"][0])["image_uri"])  # fmt: skip

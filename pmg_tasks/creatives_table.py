@@ -1,0 +1,95 @@
+"""The `generated_creatives` warehouse table: the manifests of every date, queryable by user.
+
+Publish upserts a date's manifest rows (sql/upsert_generated_creatives.sql), keyed by (ds, campaign_id,
+user_id, item_id, rank), so a rerun replaces rather than duplicates. Rows are staged in bulk: DuckDB reads
+the Arrow table in place; PostgreSQL takes them by COPY, which is what keeps a million rows in seconds.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+from pmg_tasks.warehouse import _split_statements, load_sql
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from pmg_tasks.warehouse import Warehouse
+
+TABLE = "generated_creatives"
+# The manifest's columns the table keeps (its list columns stay in the manifest), in table order after ds.
+COLUMNS = (
+    "campaign_id", "user_id", "item_id", "rank", "creative_id", "image_key", "image_uri", "segment_id",
+    "personalization", "seed", "d_p", "d_t", "consistency", "z", "alpha", "consistency_weight", "headline",
+    "prompt", "signature", "diffusion_model", "clip_model", "llm_model", "token_embeddings", "safety",
+)  # fmt: skip
+
+
+def create_table(warehouse: Warehouse) -> None:
+    for statement in _split_statements(load_sql("generated_creatives.sql")):
+        warehouse.execute(statement)
+
+
+def upsert_creatives(warehouse: Warehouse, ds: str, manifest: pa.Table) -> int:
+    """Make the table's rows of `ds` exactly `manifest`'s (all campaigns of the date); returns the rows."""
+    import datetime as dt
+
+    ds = dt.date.fromisoformat(ds).isoformat()
+    create_table(warehouse)
+    rows = manifest.select(list(COLUMNS))
+    statements = _split_statements(load_sql("upsert_generated_creatives.sql"))
+    if warehouse.is_duckdb:
+        _upsert_duckdb(warehouse, ds, rows, statements)
+    else:
+        _upsert_postgres(warehouse, ds, rows, statements)
+    return rows.num_rows
+
+
+def _upsert_duckdb(warehouse: Warehouse, ds: str, rows: pa.Table, statements: list[str]) -> None:
+    from pmg_tasks.warehouse import _duck_params
+
+    duck = warehouse.duckdb
+    duck.register("incoming_creatives", rows)
+    try:
+        duck.execute("BEGIN TRANSACTION").fetchall()
+        try:
+            duck.execute(
+                "CREATE OR REPLACE TEMP TABLE staged_creatives AS SELECT CAST($ds AS DATE) AS ds, * "
+                "FROM incoming_creatives", {"ds": ds},
+            ).fetchall()  # fmt: skip
+            for statement in statements:
+                params = {"ds": ds} if ":ds" in statement else {}
+                duck.execute(_duck_params(statement), params).fetchall()
+            duck.execute("DROP TABLE staged_creatives").fetchall()
+        except BaseException:
+            duck.execute("ROLLBACK").fetchall()
+            raise
+        duck.execute("COMMIT").fetchall()
+    finally:
+        duck.unregister("incoming_creatives")
+
+
+def _upsert_postgres(warehouse: Warehouse, ds: str, rows: pa.Table, statements: list[str]) -> None:
+    import pyarrow.csv as csv
+
+    buffer = io.BytesIO()
+    # Every value quoted: an empty headline stays an empty text, never a NULL.
+    csv.write_csv(rows, buffer, csv.WriteOptions(include_header=False, quoting_style="all_valid"))
+    buffer.seek(0)
+    connection = warehouse.engine.raw_connection()
+    try:
+        with connection.cursor() as cursor:
+            # The table's shape without its constraints; every staged row is of date `ds` (a checked date,
+            # so it may stand in the DDL as a literal).
+            cursor.execute(f"CREATE TEMP TABLE staged_creatives ON COMMIT DROP AS SELECT * FROM {TABLE} WITH NO DATA")
+            cursor.execute(f"ALTER TABLE staged_creatives ALTER COLUMN ds SET DEFAULT DATE '{ds}'")
+            cursor.copy_expert(f"COPY staged_creatives ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)", buffer)
+            for statement in statements:
+                cursor.execute(statement.replace(":ds", "%(ds)s"), {"ds": ds})
+        connection.commit()
+    except BaseException:
+        connection.rollback()
+        raise
+    finally:
+        connection.close()
