@@ -5,8 +5,9 @@ DuckDB and on PostgreSQL, next to a bare bulk load of the same rows.
     .venv/bin/python -m benchmarks.publish --rows 200000
 
 A synthetic manifest (campaigns x users x items x ranks, the manifest's own typed schema, headlines and
-prompts of realistic length) is built in each measurement's own child process, outside the timing, so the
-child's peak RSS (getrusage) is the manifest plus what the load costs. Measured, per engine:
+prompts of realistic length) is built once and written to Parquet; each measurement runs in its own child
+process that reads it (what the publish task holds) outside the timing, so the child's peak RSS (getrusage)
+is the manifest plus what the load costs. DuckDB runs under `settings.duckdb_memory_limit`, as publish does. Measured, per engine:
 - bare load: DuckDB `CREATE TABLE AS SELECT` from the Arrow table; PostgreSQL `COPY` into a table with no
   key or index: the floor of "getting the rows in";
 - upsert: `pmg_tasks.creatives_table.upsert_creatives` into an empty table (what a first publish does);
@@ -37,60 +38,67 @@ DS = "2026-11-20"
 
 
 def synthetic_manifest(rows: int):
-    """A typed manifest of `rows` rows: 4 campaigns x users x 5 items x 2 ranks."""
+    """A typed manifest of `rows` rows: 4 campaigns x users x 5 items x 2 ranks. Built as Arrow arrays
+    (repeated texts as one Python object each), so the manifest costs what the publish task would hold."""
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     from pmg_tasks import manifest as contract
 
     i = np.arange(rows)
-    rank = i % 2 + 1
     item = (i // 2) % 5
     user = (i // 10) % max(1, rows // 40)
-    campaign = (i // max(1, rows // 4)).clip(max=3)
-    text = np.array
-    columns = {
-        "campaign_id": text([f"campaign-{c}" for c in campaign]),
-        "user_id": text([f"user-{u:08d}" for u in user]),
-        "item_id": text([f"item-{t:06d}" for t in item]),
-        "rank": rank.astype(np.int64),
-        "creative_id": text([f"{(u % 512) * 10 + t:020x}" for u, t in zip(user, item, strict=True)]),
-    }
-    columns["image_key"] = np.char.add(np.char.add("creatives/ds=2026-11-20/campaign=c/", columns["creative_id"]), ".png")
-    columns["image_uri"] = np.char.add("s3://bucket/prefix/", columns["image_key"])
     segments = user % 256
-    columns.update({
-        "segment_id": text([f"seg-{s:03d}" for s in segments]), "personalization": np.full(rows, "segment"),
-        "seed": (i * 2654435761 % (1 << 62)).astype(np.int64), "d_p": 0.5 + (i % 97) / 400,
-        "d_t": 0.6 + (i % 89) / 400, "consistency": 0.55 + (i % 83) / 400, "z": -0.6 - (i % 101) / 300,
-        "alpha": np.full(rows, 0.5), "consistency_weight": np.full(rows, 0.0),
-        "headline": np.full(rows, "Winter classics, picked for a noir taste like yours"),
-        "prompt": np.full(rows, "a cinematic movie poster of Casablanca, noir, rain-soaked streets, <pref_txt_0_3> <pref_img_0_7>, film grain, dramatic light"),
-        "prompt_tokens": np.full(rows, 41, dtype=np.int64), "negative_prompt": np.full(rows, "blurry, text, watermark"),
-        "signature": text([f"sig-{s:03d}-{t}" for s, t in zip(segments, item, strict=True)]),
-        "diffusion_model": np.full(rows, "sd15-0123456789ab"), "clip_model": np.full(rows, "clip-vit-0123456789ab"),
-        "llm_model": np.full(rows, "qwen2.5-7b-0123456789ab"), "token_embeddings": np.full(rows, "tokens-2026-11-20-0123abcd"),
-        "safety": np.full(rows, "passed"),
-    })  # fmt: skip
-    lists = {
+    campaign = (i // max(1, rows // 4)).clip(max=3)
+
+    def same(text: str) -> pa.Array:
+        return pa.array([text] * rows, pa.string())
+
+    def named(prefix: str, numbers, width: int) -> pa.Array:
+        return pa.array([f"{prefix}{n:0{width}d}" for n in numbers.tolist()], pa.string())
+
+    creative = pa.array([f"{(u % 512) * 10 + t:020x}" for u, t in zip(user.tolist(), item.tolist(), strict=True)])
+    image_key = pc.binary_join_element_wise("creatives/ds=2026-11-20/campaign=c/", creative, ".png", "")
+    columns = {
+        "campaign_id": named("campaign-", campaign, 1), "user_id": named("user-", user, 8),
+        "item_id": named("item-", item, 6), "rank": pa.array(i % 2 + 1, pa.int64()), "creative_id": creative,
+        "image_key": image_key, "image_uri": pc.binary_join_element_wise("s3://bucket/prefix/", image_key, ""),
+        "segment_id": named("seg-", segments, 3), "personalization": same("segment"),
+        "seed": pa.array(i * 2654435761 % (1 << 62), pa.int64()), "d_p": pa.array(0.5 + (i % 97) / 400),
+        "d_t": pa.array(0.6 + (i % 89) / 400), "consistency": pa.array(0.55 + (i % 83) / 400),
+        "z": pa.array(-0.6 - (i % 101) / 300), "alpha": pa.array(np.full(rows, 0.5)),
+        "consistency_weight": pa.array(np.zeros(rows)),
+        "headline": same("Winter classics, picked for a noir taste like yours"),
+        "prompt": same("a cinematic movie poster of Casablanca, noir, rain-soaked streets, <pref_txt_0_3> "
+                       "<pref_img_0_7>, film grain, dramatic light"),
+        "prompt_tokens": pa.array(np.full(rows, 41), pa.int64()), "negative_prompt": same("blurry, text, watermark"),
+        "signature": pa.array([f"sig-{s:03d}-{t}" for s, t in zip(segments.tolist(), item.tolist(), strict=True)]),
+        "diffusion_model": same("sd15-0123456789ab"), "clip_model": same("clip-vit-0123456789ab"),
+        "llm_model": same("qwen2.5-7b-0123456789ab"), "token_embeddings": same("tokens-2026-11-20-0123abcd"),
+        "safety": same("passed"),
         "preference_tokens": pa.array([["<pref_txt_0_3>", "<pref_img_0_7>"]] * rows, pa.list_(pa.string())),
         "preference_keywords": pa.array([["noir", "rain", "jazz", "detective"]] * rows, pa.list_(pa.string())),
         "target_keywords": pa.array([["casablanca", "classic", "romance"]] * rows, pa.list_(pa.string())),
-    }
+    }  # fmt: skip
     schema = contract.schema()
-    arrays = [lists[f.name] if f.name in lists else pa.array(columns[f.name], f.type) for f in schema]
-    return pa.Table.from_arrays(arrays, schema=schema)
+    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
-def measure(engine: str, rows: int, url: str) -> dict:
-    """In a child process: build the manifest, then time bare load, upsert and rerun."""
+def measure(engine: str, manifest: str, url: str) -> dict:
+    """In a child process: read the manifest (what publish holds), then time bare load, upsert and rerun."""
+    import pyarrow.parquet as pq
+
     from pmg_tasks.creatives_table import COLUMNS, upsert_creatives
+    from pmg_tasks.settings import Settings
     from pmg_tasks.warehouse import Warehouse
 
-    table = synthetic_manifest(rows)
+    table = pq.read_table(manifest)
+    rows = table.num_rows
     built_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    figures = {"rows": rows, "rss_after_building_manifest_mb": round(built_rss, 1)}
-    with Warehouse(url) as warehouse:
+    figures = {"rows": rows, "rss_after_reading_manifest_mb": round(built_rss, 1)}
+    # DuckDB under the memory limit publish runs with (settings.duckdb_memory_limit).
+    with Warehouse(url, memory_limit=Settings().duckdb_memory_limit if engine == "duckdb" else "") as warehouse:
         started = time.perf_counter()
         if engine == "duckdb":
             warehouse.duckdb.register("bare_rows", table.select(list(COLUMNS)))
@@ -124,9 +132,9 @@ def measure(engine: str, rows: int, url: str) -> dict:
     return figures
 
 
-def _child(engine: str, rows: int, url: str) -> dict:
+def _child(engine: str, manifest: str, url: str) -> dict:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.publish", "--child", engine, "--rows", str(rows), "--url", url],
+        [sys.executable, "-m", "benchmarks.publish", "--child", engine, "--manifest", manifest, "--url", url],
         capture_output=True, text=True, cwd=REPO,
     )
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
@@ -166,22 +174,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--child", choices=["duckdb", "postgresql"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--manifest", help=argparse.SUPPRESS)
     args = parser.parse_args(argv if argv is not None else [])
     if args.child:
-        print(json.dumps(measure(args.child, args.rows, args.url)))
+        print(json.dumps(measure(args.child, args.manifest, args.url)))
         return 0
+    import pyarrow.parquet as pq
+
     load_before = list(os.getloadavg())
     results = {}
     with tempfile.TemporaryDirectory(prefix="pmg-bench-publish-") as tmp:
-        results["duckdb"] = _child("duckdb", args.rows, f"duckdb:///{tmp}/bench.duckdb")
-    url, drop = _postgres_database()
-    if url is None:
-        results["postgresql"] = {"skipped": drop}
-    else:
-        try:
-            results["postgresql"] = _child("postgresql", args.rows, url)
-        finally:
-            drop()
+        manifest = f"{tmp}/manifest.parquet"
+        pq.write_table(synthetic_manifest(args.rows), manifest, compression="zstd")
+        results["duckdb"] = _child("duckdb", manifest, f"duckdb:///{tmp}/bench.duckdb")
+        url, drop = _postgres_database()
+        if url is None:
+            results["postgresql"] = {"skipped": drop}
+        else:
+            try:
+                results["postgresql"] = _child("postgresql", manifest, url)
+            finally:
+                drop()
     report = {
         "benchmark": "publish",
         "command": f"python -m benchmarks.publish --rows {args.rows}",
@@ -198,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"  {engine:10s}: bare load {figures['bare_load_seconds']:6.2f} s, upsert {figures['upsert_seconds']:6.2f} s "
               f"({figures['upsert_over_bare_load']:.2f}x), rerun {figures['rerun_seconds']:6.2f} s, "
-              f"peak RSS {figures['peak_rss_mb']:.0f} MB (manifest alone {figures['rss_after_building_manifest_mb']:.0f} MB)")
+              f"peak RSS {figures['peak_rss_mb']:.0f} MB (manifest read: {figures['rss_after_reading_manifest_mb']:.0f} MB)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -54,14 +54,14 @@ def _upsert_duckdb(warehouse: Warehouse, ds: str, rows: pa.Table, statements: li
     try:
         duck.execute("BEGIN TRANSACTION").fetchall()
         try:
+            # A view over the Arrow table, not a copy: the rows are held once. `ds` is a checked date.
             duck.execute(
-                "CREATE OR REPLACE TEMP TABLE staged_creatives AS SELECT CAST($ds AS DATE) AS ds, * "
-                "FROM incoming_creatives", {"ds": ds},
-            ).fetchall()  # fmt: skip
+                f"CREATE OR REPLACE TEMP VIEW staged_creatives AS SELECT DATE '{ds}' AS ds, * FROM incoming_creatives"
+            ).fetchall()
             for statement in statements:
                 params = {"ds": ds} if ":ds" in statement else {}
                 duck.execute(_duck_params(statement), params).fetchall()
-            duck.execute("DROP TABLE staged_creatives").fetchall()
+            duck.execute("DROP VIEW staged_creatives").fetchall()
         except BaseException:
             duck.execute("ROLLBACK").fetchall()
             raise
