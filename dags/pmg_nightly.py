@@ -21,8 +21,12 @@ import datetime as dt
 from airflow.sdk import Asset, Param, dag, task
 
 from pmg_tasks.settings import Settings
+from pmg_tasks.watch.alerts import deadline_alert, task_timeout, watched_default_args
 
 SETTINGS = Settings()
+SCHEDULE = "0 2 * * *"
+# Diffusion tasks go to the GPU queue and pool; LLM tasks follow when their backend loads a model.
+GPU, LLM = SETTINGS.placement("gpu"), SETTINGS.placement("llm")
 CREATIVE_MANIFESTS = Asset(name="pmg_creative_manifests")
 
 
@@ -42,7 +46,7 @@ def _failed_shards(context, planned: list[int]) -> list[int]:
 
 @dag(
     dag_id="pmg_nightly",
-    schedule="0 2 * * *",
+    schedule=SCHEDULE,
     start_date=dt.datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -56,16 +60,18 @@ def _failed_shards(context, planned: list[int]) -> list[int]:
             "the missing requests (off: publish fails, naming the failed shards, and writes no _SUCCESS)",
         ),
     },
+    dagrun_timeout=dt.timedelta(hours=SETTINGS.watching.dagrun_timeout_h),
+    deadline=deadline_alert(SETTINGS, SCHEDULE),
     default_args={
+        **watched_default_args(SETTINGS),
         "owner": "data-engineering",
-        "retries": SETTINGS.pools.task_retries,
-        "retry_delay": dt.timedelta(seconds=SETTINGS.pools.retry_delay_s),
+        "retries": SETTINGS.retries.per_task,
+        "retry_delay": dt.timedelta(seconds=SETTINGS.retries.delay_s),
         "retry_exponential_backoff": True,
-        "execution_timeout": dt.timedelta(hours=2),
     },
 )
 def pmg_nightly():
-    @task
+    @task(execution_timeout=task_timeout(SETTINGS, "run_date"))
     def run_date(**context) -> str:
         """The date this run processes: params.ds, else the day before the run's logical date."""
         if context["params"].get("ds"):
@@ -75,13 +81,13 @@ def pmg_nightly():
         moment = dag_run.logical_date or dag_run.run_after
         return (moment.date() - dt.timedelta(days=1)).isoformat()
 
-    @task
+    @task(execution_timeout=task_timeout(SETTINGS, "extract"))
     def extract(day: str) -> dict:
         from pmg_tasks.extract import extract_clickstream
 
         return extract_clickstream(Settings(), day)
 
-    @task
+    @task(execution_timeout=task_timeout(SETTINGS, "validate"))
     def validate(day: str) -> dict:
         from pmg_tasks.validation.stage import BadDataError, validate_events
 
@@ -90,19 +96,25 @@ def pmg_nightly():
         except BadDataError as error:
             raise _fail_without_retry(error) from error
 
-    @task
+    @task(execution_timeout=task_timeout(SETTINGS, "histories"))
     def histories(day: str) -> dict:
         from pmg_tasks.histories import build_histories
 
         return build_histories(Settings(), day)
 
-    @task
+    @task(execution_timeout=task_timeout(SETTINGS, "keyword_shards"))
     def keyword_shards(day: str) -> list[int]:
         from pmg_tasks.keywords.stage import plan_keyword_shards
 
         return plan_keyword_shards(Settings(), day)
 
-    @task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
+    @task(
+        pool=LLM.pool,
+        queue=LLM.queue,
+        max_active_tis_per_dag=LLM.slots,
+        execution_timeout=task_timeout(SETTINGS, "keywords"),
+        map_index_template="user shard {{ task.op_kwargs['shard_index'] }}",
+    )
     def keywords(day: str, shard_index: int) -> dict:
         from pmg_tasks.campaigns import CampaignError
         from pmg_tasks.keywords.stage import extract_keyword_shard
@@ -112,25 +124,30 @@ def pmg_nightly():
         except CampaignError as error:
             raise _fail_without_retry(error) from error
 
-    @task
+    @task(execution_timeout=task_timeout(SETTINGS, "merge_keywords"))
     def merge_keywords(day: str) -> dict:
         from pmg_tasks.keywords.stage import merge_keywords
 
         return merge_keywords(Settings(), day)
 
-    @task
+    @task(execution_timeout=task_timeout(SETTINGS, "preference_tokens"))
     def preference_tokens(day: str) -> dict:
         from pmg_tasks.preferences.stage import update_preference_tokens
 
         return update_preference_tokens(Settings(), day)
 
-    @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue)
+    @task(
+        pool=GPU.pool,
+        queue=GPU.queue,
+        max_active_tis_per_dag=GPU.slots,
+        execution_timeout=task_timeout(SETTINGS, "token_embeddings"),
+    )
     def token_embeddings(day: str) -> dict:
         from pmg_tasks.tokens.stage import train_token_embeddings
 
         return train_token_embeddings(Settings(), day)
 
-    @task
+    @task(execution_timeout=task_timeout(SETTINGS, "plan"))
     def plan(day: str) -> list[int]:
         from pmg_tasks.campaigns import CampaignError
         from pmg_tasks.plan import plan_generation
@@ -140,13 +157,24 @@ def pmg_nightly():
         except CampaignError as error:
             raise _fail_without_retry(error) from error
 
-    @task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
+    @task(
+        pool=LLM.pool,
+        queue=LLM.queue,
+        max_active_tis_per_dag=LLM.slots,
+        execution_timeout=task_timeout(SETTINGS, "headlines"),
+    )
     def headlines(day: str) -> dict:
         from pmg_tasks.headlines import write_headlines
 
         return write_headlines(Settings(), day)
 
-    @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue, max_active_tis_per_dag=SETTINGS.pools.gpu_slots)
+    @task(
+        pool=GPU.pool,
+        queue=GPU.queue,
+        max_active_tis_per_dag=GPU.slots,
+        execution_timeout=task_timeout(SETTINGS, "generate"),
+        map_index_template="generation shard {{ task.op_kwargs['shard_index'] }}",
+    )
     def generate(day: str, shard_index: int) -> dict:
         from pmg_tasks.generate.shard import generate_shard
 
@@ -154,7 +182,7 @@ def pmg_nightly():
 
     # all_done: publish also runs when generate shards failed, to fail naming them or (publish_partial) to
     # publish the rest. `planned` is the plan's own output, so a failed plan still stops it here.
-    @task(outlets=[CREATIVE_MANIFESTS], trigger_rule="all_done")
+    @task(outlets=[CREATIVE_MANIFESTS], trigger_rule="all_done", execution_timeout=task_timeout(SETTINGS, "publish"))
     def publish(day: str, planned: list[int], **context) -> dict:
         from pmg_tasks.publish import PublishError, asset_event_extra, publish_run
 

@@ -197,3 +197,24 @@ def test_s3_store_rides_out_a_flaky_server_and_counts_its_retries(s3_server, s3_
     assert proxy.counts["error"] > 0 and proxy.counts["drop"] > 0
     # Every injected fault cost one retried attempt, seen in the responses (a drop too: it is retried).
     assert stats["retries"] == proxy.counts["error"] + proxy.counts["drop"]
+
+
+def test_a_full_disk_names_the_folder_and_leaves_nothing_half_written(tmp_path):
+    import errno
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        store = LocalStore(folder)
+        store.put_bytes("creatives/a.png", b"small")
+        with pytest.raises(OSError, match="no space left on the disk that holds .*creatives.* 'creatives/b.png'") as error:
+            store.put_bytes("creatives/b.png", b"\0" * 200_000)
+        assert error.value.errno == errno.ENOSPC
+        assert store.list_keys("creatives/") == ["creatives/a.png"]
+        assert store.get_bytes("creatives/a.png") == b"small"
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)

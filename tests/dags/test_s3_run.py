@@ -51,8 +51,8 @@ def test_nightly_dag_on_s3_equals_a_local_run_and_rides_out_a_faulty_network(
     import boto3
     from PIL import Image
 
-    pools = seeded_settings.pools.model_copy(update={"task_retries": 0})  # botocore must do the retrying
-    base = seeded_settings.model_copy(update={"models": test_size_models, "pools": pools})
+    retries = seeded_settings.retries.model_copy(update={"per_task": 0})  # botocore must do the retrying
+    base = seeded_settings.model_copy(update={"models": test_size_models, "retries": retries})
     bucket = f"pmg-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
 
