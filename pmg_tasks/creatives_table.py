@@ -26,6 +26,10 @@ COLUMNS = (
 )  # fmt: skip
 
 
+# Rows a DuckDB upsert statement takes at once.
+DUCKDB_SLICE_ROWS = 100_000
+
+
 def create_table(warehouse: Warehouse) -> None:
     for statement in _split_statements(load_sql("generated_creatives.sql")):
         warehouse.execute(statement)
@@ -50,24 +54,30 @@ def _upsert_duckdb(warehouse: Warehouse, ds: str, rows: pa.Table, statements: li
     from pmg_tasks.warehouse import _duck_params
 
     duck = warehouse.duckdb
-    duck.register("incoming_creatives", rows)
+    upsert, delete = statements
+    duck.execute("BEGIN TRANSACTION").fetchall()
     try:
-        duck.execute("BEGIN TRANSACTION").fetchall()
-        try:
-            # A view over the Arrow table, not a copy: the rows are held once. `ds` is a checked date.
+        # Slices of the Arrow rows through a view (never a copy): what an upsert holds at once stays bounded.
+        # `ds` is a checked date.
+        for start in range(0, max(rows.num_rows, 1), DUCKDB_SLICE_ROWS):
+            duck.register("incoming_creatives", rows.slice(start, DUCKDB_SLICE_ROWS))
             duck.execute(
                 f"CREATE OR REPLACE TEMP VIEW staged_creatives AS SELECT DATE '{ds}' AS ds, * FROM incoming_creatives"
             ).fetchall()
-            for statement in statements:
-                params = {"ds": ds} if ":ds" in statement else {}
-                duck.execute(_duck_params(statement), params).fetchall()
-            duck.execute("DROP VIEW staged_creatives").fetchall()
-        except BaseException:
-            duck.execute("ROLLBACK").fetchall()
-            raise
-        duck.execute("COMMIT").fetchall()
-    finally:
+            duck.execute(_duck_params(upsert)).fetchall()
+            duck.unregister("incoming_creatives")
+        # The stale rows of the date: those no slice holds.
+        duck.register("incoming_creatives", rows)
+        duck.execute(
+            f"CREATE OR REPLACE TEMP VIEW staged_creatives AS SELECT DATE '{ds}' AS ds, * FROM incoming_creatives"
+        ).fetchall()
+        duck.execute(_duck_params(delete), {"ds": ds}).fetchall()
+        duck.execute("DROP VIEW staged_creatives").fetchall()
         duck.unregister("incoming_creatives")
+    except BaseException:
+        duck.execute("ROLLBACK").fetchall()
+        raise
+    duck.execute("COMMIT").fetchall()
 
 
 def _upsert_postgres(warehouse: Warehouse, ds: str, rows: pa.Table, statements: list[str]) -> None:
