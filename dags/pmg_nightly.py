@@ -37,6 +37,13 @@ def _fail_without_retry(error: Exception):
     return AirflowFailException(str(error))
 
 
+def _failed_shards(context, planned: list[int]) -> list[int]:
+    """The shards whose generate task of this run did not succeed (map index i is shard planned[i])."""
+    ti = context["ti"]
+    states = ti.get_task_states(dag_id=ti.dag_id, task_ids=["generate"], run_ids=[ti.run_id]).get(ti.run_id, {})
+    return [shard for i, shard in enumerate(planned) if states.get(f"generate_{i}") != "success"]
+
+
 @dag(
     dag_id="pmg_nightly",
     schedule=SCHEDULE,
@@ -45,7 +52,14 @@ def _fail_without_retry(error: Exception):
     max_active_runs=1,
     tags=["pmg", "nightly", "creatives"],
     doc_md=__doc__,
-    params={"ds": Param(None, type=["null", "string"], description="YYYY-MM-DD to process instead of D-1")},
+    params={
+        "ds": Param(None, type=["null", "string"], description="YYYY-MM-DD to process instead of D-1"),
+        "publish_partial": Param(
+            False, type="boolean",
+            description="publish what the finished shards made when some failed; manifests and _SUCCESS name "
+            "the missing requests (off: publish fails, naming the failed shards, and writes no _SUCCESS)",
+        ),
+    },
     dagrun_timeout=dt.timedelta(hours=SETTINGS.watching.dagrun_timeout_h),
     deadline=deadline_alert(SETTINGS, SCHEDULE),
     default_args={
@@ -166,11 +180,22 @@ def pmg_nightly():
 
         return generate_shard(Settings(), day, shard_index)
 
-    @task(outlets=[CREATIVE_MANIFESTS], execution_timeout=task_timeout(SETTINGS, "publish"))
-    def publish(day: str) -> dict:
-        from pmg_tasks.publish import publish_run
+    # all_done: publish also runs when generate shards failed, to fail naming them or (publish_partial) to
+    # publish the rest. `planned` is the plan's own output, so a failed plan still stops it here.
+    @task(outlets=[CREATIVE_MANIFESTS], trigger_rule="all_done", execution_timeout=task_timeout(SETTINGS, "publish"))
+    def publish(day: str, planned: list[int], **context) -> dict:
+        from pmg_tasks.publish import PublishError, asset_event_extra, publish_run
 
-        return publish_run(Settings(), day)
+        failed = _failed_shards(context, planned)
+        try:
+            published = publish_run(
+                Settings(), day, partial=bool(context["params"]["publish_partial"]), failed_shards=failed
+            )
+        except PublishError as error:
+            raise _fail_without_retry(error) from error
+        # Consumers scheduled on the Asset learn from the event itself what changed and where it is.
+        context["outlet_events"][CREATIVE_MANIFESTS].extra = asset_event_extra(published)
+        return published
 
     day = run_date()
     extracted, validated, built = extract(day), validate(day), histories(day)
@@ -179,7 +204,7 @@ def pmg_nightly():
     merged, tokens, shards = merge_keywords(day), preference_tokens(day), plan(day)
     embeddings, titles = token_embeddings(day), headlines(day)
     generated = generate.partial(day=day).expand(shard_index=shards)
-    published = publish(day)
+    published = publish(day, shards)
 
     extracted >> validated >> built >> user_shards
     user_keywords >> merged >> tokens >> [embeddings, shards]

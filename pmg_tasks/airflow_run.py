@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,13 +42,16 @@ class NightlyRun:
     run_id: str = ""
     state: str = ""
     task_states: dict[str, int] = field(default_factory=dict)
+    # The `extra` of every Asset event the run emitted (publish's pmg_creative_manifests), oldest first.
+    asset_events: list[dict] = field(default_factory=list)
 
 
-def airflow_env(settings: Settings) -> dict[str, str]:
-    """Environment for an Airflow process that runs pmg's DAGs with these settings, on this machine."""
+def airflow_env(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for an Airflow process that runs pmg's DAGs with these settings, on this machine;
+    `extra` adds variables (an `AIRFLOW_CONN_AWS_DEFAULT` connection, say)."""
     airflow_home = settings.home / "airflow"
     airflow_home.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **settings.to_env()}
+    env = {**os.environ, **settings.to_env(), **(extra or {})}
     env.update(
         {
             "AIRFLOW_HOME": str(airflow_home),
@@ -100,9 +104,9 @@ def set_pools(settings: Settings, env: dict[str, str]) -> list[tuple[str, int, s
     return specs
 
 
-def prepare_airflow(settings: Settings) -> dict[str, str]:
+def prepare_airflow(settings: Settings, extra_env: Mapping[str, str] | None = None) -> dict[str, str]:
     """Migrate the metadata database and create pmg's pools; safe to repeat."""
-    env = airflow_env(settings)
+    env = airflow_env(settings, extra_env)
     _airflow(env, "db", "migrate")
     set_pools(settings, env)
     return env
@@ -113,19 +117,24 @@ def logical_date_for(ds: str) -> str:
     return (dt.date.fromisoformat(ds) + dt.timedelta(days=1)).isoformat()
 
 
-def run_nightly_dag(settings: Settings, ds: str) -> NightlyRun:
+def run_nightly_dag(
+    settings: Settings, ds: str, *, extra_env: Mapping[str, str] | None = None, conf: Mapping | None = None,
+    log_name: str = "",
+) -> NightlyRun:
     """Run pmg_nightly for `ds` through Airflow and check what it ran. Raises NightlyRunError, with the
-    reason, when Airflow failed, or ran no task, or left a task short of success."""
+    reason, when Airflow failed, or ran no task, or left a task short of success. `conf` sets DAG params
+    (`{"publish_partial": true}`); `log_name` names the log file of this run."""
     dt.date.fromisoformat(ds)  # a bad date fails here, not inside Airflow
-    env = prepare_airflow(settings)
+    env = prepare_airflow(settings, extra_env)
     log_dir = settings.home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_dir / f"dags-test-{ds}.log"
-    _airflow(env, "dags", "test", DAG_ID, logical_date_for(ds), log_file=log_file)
+    log_file = log_dir / f"dags-test-{ds}{'-' + log_name if log_name else ''}.log"
+    conf_args = ("--conf", json.dumps(dict(conf))) if conf else ()
+    _airflow(env, "dags", "test", DAG_ID, logical_date_for(ds), *conf_args, log_file=log_file)
     recorded = _recorded_run(env, logical_date_for(ds))
     run = NightlyRun(
         ds=ds, log_file=log_file, run_id=recorded.get("run_id") or "", state=recorded.get("state") or "",
-        task_states=recorded.get("task_states") or {},
+        task_states=recorded.get("task_states") or {}, asset_events=recorded.get("asset_events") or [],
     )
     problem = run_problem(run, recorded.get("start_date"))
     if problem:
@@ -171,6 +180,7 @@ def _describe_run(dag_id: str, logical_date: str) -> dict:
     """Inside the Airflow environment: the latest run at `logical_date`, its task states, the DAG's
     start_date."""
     from airflow.models import DagRun, TaskInstance
+    from airflow.models.asset import AssetEvent
     from airflow.models.serialized_dag import SerializedDagModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
@@ -197,10 +207,15 @@ def _describe_run(dag_id: str, logical_date: str) -> dict:
                 select(TaskInstance.state).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id)
             )
         )
+        events = session.scalars(
+            select(AssetEvent).where(AssetEvent.source_dag_id == dag_id, AssetEvent.source_run_id == run.run_id)
+            .order_by(AssetEvent.id)
+        )
         return {
             "run_id": run.run_id,
             "state": _state_name(run.state),
             "task_states": dict(states),
+            "asset_events": [dict(event.extra or {}) for event in events],
             "start_date": start.isoformat() if start else None,
         }
 

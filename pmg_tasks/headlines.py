@@ -7,8 +7,8 @@ or markup or holds a word the campaign denies, and cached by content like keywor
 what changed). The catalog backend, and any refused or failed answer, writes a template headline from the
 title and the top keywords, so laptops and tests need no LLM.
 
-Reads `generations.parquet`, writes `headlines.parquet` (signature, headline, source) and
-`stats/headlines.json`.
+Reads `generations.parquet`, writes `headlines.parquet` (signature, headline, source, llm_model: the version
+of the LLM that wrote it, `template` where none did) and `stats/headlines.json`.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ def write_headlines(settings: Settings, ds: str) -> dict:
     answers: dict[str, str | None] = {}
     if settings.keyword_backend != "catalog" and rows:
         answers = _ask_llm(settings, store, rows, chars, counts)
+    llm_model = _llm_version(settings) if answers else "template"
     headlines = []
     for row in rows:
         denylist = denied.get(row["campaign_id"], Denylist())
@@ -63,11 +64,14 @@ def write_headlines(settings: Settings, ds: str) -> dict:
             headline = template_headline(row["title"], row["preference_words"], row["target_keywords"], chars)
             source = "template" if settings.keyword_backend == "catalog" else "template_fallback"
         counts[source] += 1
-        headlines.append({"signature": row["signature"], "headline": headline, "source": source})
+        headlines.append({
+            "signature": row["signature"], "headline": headline, "source": source,
+            "llm_model": llm_model if source == "llm" else "template",
+        })  # fmt: skip
 
     import pandas as pd
 
-    frame = pd.DataFrame(headlines, columns=["signature", "headline", "source"])
+    frame = pd.DataFrame(headlines, columns=["signature", "headline", "source", "llm_model"])
     write_table(store, layout.run_key(ds, "headlines.parquet"), frame)
     stats = {"backend": settings.keyword_backend, **{k: int(v) for k, v in sorted(counts.items())}}
     write_json(store, layout.run_key(ds, "stats/headlines.json"), stats)
@@ -171,6 +175,16 @@ def _ask_llm(settings: Settings, store, rows: list[dict], chars: int, counts: Co
         headline = entry.get("headline") if isinstance(entry, dict) else None
         answers[signature] = headline if isinstance(headline, str) else None
     return answers
+
+
+def _llm_version(settings: Settings) -> str:
+    """The LLM's version as models/versions.py names it (a local folder by its files, a served model by name)."""
+    from pmg_tasks.keywords.backends import model_of
+    from pmg_tasks.models.versions import model_version
+
+    model = model_of(settings)
+    # An empty name would be read as the working directory.
+    return model_version(model) if model else settings.keyword_backend
 
 
 def _cap(text: str, chars: int) -> str:

@@ -142,6 +142,27 @@ class Keywords(BaseModel):
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
 
+class S3(BaseModel):
+    """How the store reaches S3 (pmg_tasks/s3_client.py). Inside Airflow through a connection, whose
+    `endpoint_url` extra serves any S3-compatible server; outside, boto3's own credentials and
+    `s3_endpoint_url`."""
+
+    conn_id: str = Field("aws_default", description="Airflow connection; used where it is defined")
+    region: str = Field("", description="region outside Airflow; empty: boto3's default")
+    upload_threads: int = Field(16, ge=1, le=128, description="uploads in flight at once per store")
+    max_attempts: int = Field(10, ge=1, description="botocore attempts per request (adaptive retry mode)")
+    multipart_threshold_mb: int = Field(16, ge=5, description="objects from this size upload in parts")
+    multipart_chunk_mb: int = Field(16, ge=5, description="part size of a multipart upload")
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(60.0, gt=0)
+
+
+class Publishing(BaseModel):
+    """What publish writes besides the manifests (docs/manifest.md)."""
+
+    warehouse_table: bool = Field(True, description="upsert the manifest rows into generated_creatives")
+
+
 # Minutes each stage of pmg_nightly may run before Airflow stops it, sized from the production profile's
 # nights with room to spare: a task stuck on a dead connection fails (and retries) instead of hanging.
 STAGE_TIMEOUTS_MIN = {
@@ -303,7 +324,7 @@ class Settings(BaseSettings):
     warehouse_url: str = Field("", description="duckdb:///path.duckdb or a SQLAlchemy URL; default: DuckDB in home")
     warehouse_conn_id: str = Field("", description="an Airflow connection id; wins over warehouse_url in tasks")
     store_root: str = Field("", description="local folder or s3://bucket/prefix; default: home/store")
-    s3_endpoint_url: str = Field("", description="S3 API endpoint; empty means AWS itself")
+    s3_endpoint_url: str = Field("", description="S3 API endpoint outside Airflow; empty means AWS itself")
     campaigns_file: str = Field("", description="YAML of campaigns; default: home/campaigns.yaml")
 
     models: ModelPaths = ModelPaths()
@@ -315,6 +336,8 @@ class Settings(BaseSettings):
     token_embeddings: TokenEmbeddings = TokenEmbeddings()
     safety: Safety = Safety()
     keywords: Keywords = Keywords()
+    s3: S3 = S3()
+    publishing: Publishing = Publishing()
     watching: Watching = Watching()
 
     lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")

@@ -138,3 +138,163 @@ def test_a_request_the_safety_checks_blocked_is_left_out_and_counted(generated):
     assert counts["blocked_requests"] == 1 and counts["blocked_users"] == len(users)
     assert counts["flagged"] == {"nudenet:FEMALE_BREAST_EXPOSED": 2}
     assert "1 requests" in store.get_bytes(report_key(DS)).decode()
+
+
+def test_the_manifest_is_typed_as_its_contract_and_names_the_models(generated):
+    import pyarrow.parquet as pq
+
+    from pmg_tasks import manifest as contract
+
+    publish_run(generated, DS)
+    store = open_store(generated)
+    table = pq.read_table(store.path(manifest_key(DS, "winter-classics")))
+    assert table.schema.remove_metadata() == contract.schema().remove_metadata()
+    rows = table.to_pandas()
+    assert set(rows["safety"]) <= {"passed", "replaced"} and set(rows["personalization"]) <= {"segment", "user"}
+    for column in ("diffusion_model", "clip_model"):
+        assert rows[column].str.fullmatch(r"[A-Za-z0-9._-]+-[0-9a-f]{12}").all(), column
+    assert (rows["llm_model"] == "template").all()  # the demo's catalog backend writes template headlines
+    generations = read_frame(store, run_key(DS, "generations.parquet")).set_index("signature")
+    assert (rows["prompt"] == generations.loc[rows["signature"], "prompt"].to_numpy()).all()
+    assert (rows["prompt_tokens"] > 0).all()
+    assert contract.missing_requests(table) == [] and table.schema.metadata[contract.COMPLETE_KEY] == b"true"
+
+
+def test_a_rerun_writes_byte_identical_manifests_and_marker(generated):
+    store = open_store(generated)
+    publish_run(generated, DS)
+    keys = [k for k in store.list_keys(f"manifests/ds={DS}/")]
+    first = {key: store.get_bytes(key) for key in keys}
+    publish_run(generated, DS)
+    assert {key: store.get_bytes(key) for key in store.list_keys(f"manifests/ds={DS}/")} == first
+
+
+def test_creatives_no_manifest_names_go_after_the_new_manifests_and_before_the_marker(generated, monkeypatch):
+    import pmg_tasks.publish as publish
+    from pmg_tasks.store import LocalStore
+
+    store = open_store(generated)
+    stale = f"creatives/ds={DS}/campaign=retired-campaign/0123456789abcdef0123.png"
+    older = f"creatives/ds={DS}/campaign=winter-classics/fedcba98765432100000.png"  # another model version
+    for key in (stale, older):
+        store.put_bytes(key, b"png")
+    events = []
+
+    class Recording(LocalStore):
+        def writing(self, key):
+            events.append(("write", key))
+            return super().writing(key)
+
+        def delete_keys(self, keys):
+            events.extend(("delete", key) for key in keys)
+            return super().delete_keys(keys)
+
+    monkeypatch.setattr(publish, "open_store", lambda settings: Recording(settings.store_root))
+    result = publish_run(generated, DS)
+    assert not store.exists(stale) and not store.exists(older) and result["removed_creatives"] == 2
+    assert manifests(generated)["image_key"].map(store.exists).all()
+    order = [key for _, key in events]
+    last_manifest = max(i for i, key in enumerate(order) if key.endswith("manifest.parquet"))
+    assert last_manifest < order.index(stale) < order.index(success_key(DS))
+
+
+def test_docs_list_every_manifest_column_with_its_type():
+    import re
+    from pathlib import Path
+
+    from pmg_tasks import manifest as contract
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "manifest.md").read_text()
+    documented = dict(re.findall(r"^\| `(\w+)` \| `([\w<>]+)` \|", doc, flags=re.M))
+    assert documented == {name: kind for name, kind, _ in contract.COLUMNS}
+
+
+def test_a_failed_shard_stops_publishing_and_names_the_shards_unless_publishing_partially(generated):
+    from pmg_tasks import manifest as contract
+    from pmg_tasks.layout import shard_key
+    from pmg_tasks.publish import PublishError
+
+    store = open_store(generated)
+    shards = read_json(store, run_key(DS, "stats/plan.json"))["shards"]
+    assert shards >= 2, "the demo plan must have several shards for this test"
+    # Shard 1's task failed in this run: its result from an earlier attempt is not trusted.
+    with pytest.raises(PublishError, match=r"generate shards \[1\] of .*publish_partial"):
+        publish_run(generated, DS, failed_shards=[1])
+    assert not store.exists(success_key(DS))
+
+    result = publish_run(generated, DS, partial=True, failed_shards=[1])
+    lost = set(read_frame(store, shard_key(DS, 1))["signature"])
+    requests = read_frame(store, run_key(DS, "requests.parquet"))
+    missing = requests[requests["signature"].isin(lost)]
+    marker = read_json(store, success_key(DS))
+    assert marker["complete"] is False and marker["missing_shards"] == [1] == result["missing_shards"]
+    assert len(marker["missing_requests"]) == len(missing) == result["missing_requests"] > 0
+    manifest = manifests(generated)
+    assert not manifest["signature"].isin(lost).any()
+    assert len(manifest) == int(requests.loc[~requests["signature"].isin(lost), "variants"].sum())
+    import pyarrow.parquet as pq
+
+    said = []
+    for campaign_id in sorted(set(requests["campaign_id"])):
+        table = pq.read_table(store.path(manifest_key(DS, campaign_id)))
+        said += [(campaign_id, r["user_id"], r["item_id"]) for r in contract.missing_requests(table)]
+        assert table.schema.metadata[contract.COMPLETE_KEY] == (b"false" if (missing["campaign_id"] == campaign_id).any() else b"true")
+    assert sorted(said) == sorted(zip(missing["campaign_id"], missing["user_id"], missing["item_id"], strict=True))
+    # The creatives the partial manifest names stay, and so do those the failed shard recorded earlier: a
+    # retried shard trusts its record and would not draw them again.
+    recorded = set(read_frame(store, shard_result_key(DS, 1))["image_key"]) - {""}
+    assert {k for k in store.list_keys(f"creatives/ds={DS}/")} == set(manifest["image_key"]) | recorded
+
+    # The shard's task is retried and succeeds: the next publish is complete again, every image there.
+    from pmg_tasks.generate.shard import generate_shard
+
+    generate_shard(generated, DS, 1)
+    again = publish_run(generated, DS)
+    assert again["missing_shards"] == [] and read_json(store, success_key(DS))["complete"] is True
+    assert manifests(generated)["image_key"].map(store.exists).all()
+
+
+def test_load_manifest_reads_a_published_date_and_refuses_one_without_its_marker(generated):
+    from pmg_tasks.consumers import ManifestNotPublished, load_manifest
+
+    with pytest.raises(ManifestNotPublished, match="nothing was published for that date"):
+        load_manifest(DS, settings=generated)
+    result = publish_run(generated, DS)
+    rows = load_manifest(DS, settings=generated)
+    assert len(rows) == result["rows"] and set(rows["ds"]) == {DS} and rows.attrs["complete"] is True
+    assert list(rows.columns) == ["ds", *MANIFEST_COLUMNS]
+    winter = load_manifest(DS, "winter-classics", settings=generated)
+    assert set(winter["campaign_id"]) == {"winter-classics"} and 0 < len(winter) < len(rows)
+    with pytest.raises(ManifestNotPublished, match="'spring' published no manifest .* has \\['sci-fi-weekend'"):
+        load_manifest(DS, "spring", settings=generated)
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        load_manifest("20/11/2026", settings=generated)
+    open_store(generated).delete_prefix(success_key(DS))
+    with pytest.raises(ManifestNotPublished, match="publishing has not finished"):
+        load_manifest(DS, settings=generated)
+
+
+def test_publish_upserts_the_warehouse_table_and_a_rerun_replaces_its_rows(generated):
+    from pmg_tasks.warehouse import connect
+
+    result = publish_run(generated, DS)
+    publish_run(generated, DS)
+    with connect(generated) as warehouse:
+        rows = warehouse.fetch_rows(
+            "SELECT count(*), count(DISTINCT (campaign_id, user_id, item_id, rank)) FROM generated_creatives "
+            "WHERE ds = CAST(:ds AS DATE)", {"ds": DS},
+        )  # fmt: skip
+    assert rows == [(result["rows"], result["rows"])]
+
+
+def test_the_asset_event_says_what_was_published(generated):
+    from pmg_tasks.publish import asset_event_extra
+
+    extra = asset_event_extra(publish_run(generated, DS))
+    assert extra["ds"] == DS and extra["complete"] is True and extra["missing_requests"] == 0
+    assert sorted(extra["manifests"]) == ["sci-fi-weekend", "winter-classics"]
+    assert all(uri.startswith("file://") and uri.endswith("manifest.parquet") for uri in extra["manifests"].values())
+    assert extra["rows"] == len(manifests(generated)) and extra["distinct_creatives"] > 0 and extra["users"] > 0
+    import json
+
+    json.dumps(extra)  # an event's extra must be plain JSON

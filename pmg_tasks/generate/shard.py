@@ -119,6 +119,10 @@ def generate_shard(settings: Settings, ds: str, shard_index: int) -> dict:
     # The result is the record now; parts would only be read again by a later attempt.
     store.delete_prefix(layout.shard_record_prefix(ds, shard_index))
     kept = result_frame[result_frame["rank"] > 0]
+    transfers = store.transfer_stats()
+    if transfers:
+        logger.info("shard %d: object store %d requests, %d retried attempts %s", shard_index,
+                    transfers["requests"], transfers["retries"], transfers["retries_by_operation"])  # fmt: skip
     return {
         "shard": shard_index,
         "requests": len(requests),
@@ -306,15 +310,17 @@ def result_table(rows: Iterable[dict] | pd.DataFrame) -> pa.Table:
 
 
 class ImageWriter:
-    """PNG encoding and uploads on a few background threads, so the GPU draws the next batch meanwhile. At
-    most `max_pending` images wait, which bounds the memory they hold."""
+    """PNG encoding and uploads on a bounded pool of background threads (as many as the store uploads at
+    once: 16 for S3 by default), so the GPU draws the next batch meanwhile. At most `max_pending` images
+    wait, which bounds the memory they hold."""
 
-    def __init__(self, store: ObjectStore, threads: int = 4, max_pending: int = 64):
+    def __init__(self, store: ObjectStore, threads: int | None = None, max_pending: int = 64):
         from concurrent.futures import ThreadPoolExecutor
 
         self.store = store
+        threads = threads or getattr(store, "concurrency", 4)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="pmg-png")
-        self.slots = threading.BoundedSemaphore(max_pending)
+        self.slots = threading.BoundedSemaphore(max(max_pending, 2 * threads))
 
     def put(self, key: str, image: Image) -> Future:
         self.slots.acquire()

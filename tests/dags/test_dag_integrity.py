@@ -28,7 +28,7 @@ def nightly(dagbag):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "pmg_nightly" in dagbag.dags
+    assert "pmg_nightly" in dagbag.dags and "pmg_creatives_consumer" in dagbag.dags
 
 
 def test_parsing_imports_no_heavy_library():
@@ -66,7 +66,7 @@ def test_wiring_follows_the_nightly_flow(nightly):
         "plan": {"preference_tokens"},
         "headlines": {"plan"},
         "generate": {"plan", "headlines", "token_embeddings"},
-        "publish": {"generate"},
+        "publish": {"generate", "plan"},
     }
 
 
@@ -90,6 +90,17 @@ def test_expensive_stages_run_in_their_pools_and_generation_fans_out(nightly):
 def test_publish_emits_the_manifest_asset(nightly):
     outlets = nightly.get_task("publish").outlets
     assert [a.name for a in outlets] == ["pmg_creative_manifests"]
+
+
+def test_publish_runs_after_failed_shards_and_partial_publishing_is_opt_in(nightly):
+    # It must run to name the failed shards (or, asked to, publish the rest); the param decides which.
+    assert nightly.get_task("publish").trigger_rule == "all_done"
+    assert nightly.params["publish_partial"] is False
+
+
+def test_the_example_consumer_is_scheduled_on_the_manifest_asset(dagbag):
+    condition = dagbag.dags["pmg_creatives_consumer"].timetable.asset_condition
+    assert [asset.name for asset in condition.objects] == ["pmg_creative_manifests"]
 
 
 def test_gpu_tasks_are_capped_by_the_same_slots_the_pools_are_set_with(nightly):
