@@ -36,7 +36,13 @@ FUTURE_SLACK = timedelta(days=1)
 
 def plausible_span(floor: date, now: datetime) -> tuple[datetime, datetime]:
     """`[floor at 00:00, now + 1 day]`, naive UTC: where any run's window can lie. An event outside it (a
-    zero timestamp from 1970, a clock set to 2999) is in no window."""
+    zero timestamp from 1970, a clock set to 2999) is in no window.
+
+    The ceiling is rounded up to the next midnight, so every run of a date on the same day (a retry, a rerun,
+    a Celery and a local run side by side) counts the same events and writes the same bytes."""
     if now.tzinfo is not None:
         now = now.astimezone(UTC).replace(tzinfo=None)
-    return datetime.combine(floor, time()), now + FUTURE_SLACK
+    ceiling = now + FUTURE_SLACK
+    if ceiling.time() != time():
+        ceiling = datetime.combine(ceiling.date() + timedelta(days=1), time())
+    return datetime.combine(floor, time()), ceiling

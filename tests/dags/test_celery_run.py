@@ -55,7 +55,8 @@ def outputs(store_root: str) -> dict[str, str]:
     found = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         key = path.relative_to(root).as_posix()
-        if key.startswith("catalog/") or key.startswith(REPORT_PREFIX):
+        # settings.json records how the night was placed (queues, executor), which is what differs here.
+        if key.startswith("catalog/") or key.startswith(REPORT_PREFIX) or key.endswith("/settings.json"):
             continue
         data = path.read_bytes()
         if key.endswith(".json"):

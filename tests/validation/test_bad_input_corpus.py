@@ -253,7 +253,7 @@ def test_every_broken_event_and_item_lands_in_quarantine_with_its_reason(corpus)
     assert {k: outside[k] for k in ("before_floor", "after_ceiling", "undated", "total")} == {
         "before_floor": 1, "after_ceiling": 1, "undated": 1, "total": 3,
     }  # fmt: skip
-    assert (outside["floor"], outside["ceiling"]) == ("2000-01-01T00:00:00", "2026-11-21T23:00:00")
+    assert (outside["floor"], outside["ceiling"]) == ("2000-01-01T00:00:00", "2026-11-22T00:00:00")
     assert extracted["events_outside_windows"] == 3
 
     report = read_json(store, run_key(DS, "validation.json"))
@@ -263,7 +263,7 @@ def test_every_broken_event_and_item_lands_in_quarantine_with_its_reason(corpus)
     page = render_report(DS, pd.DataFrame(columns=["campaign_id", "user_id"]), {"validation": report})
     assert (
         "the warehouse holds 3 events that no run will ever process: 1 dated before 2000-01-01, 1 after "
-        "2026-11-21 23:00 UTC, 1 without a date" in page
+        "2026-11-22 00:00 UTC, 1 without a date" in page
     )
     assert "2 exact copies of events (redeliveries) were quarantined and not counted" in page
     assert report["items"]["quarantined"] == len(HARD_ITEMS)
