@@ -1,6 +1,6 @@
 """pmg_nightly: last night's clickstream in, personalized creatives and their scores out.
 
-    extract -> validate -> histories -> keyword_shards -> keywords (one per user shard) -> merge_keywords
+    campaigns -> extract -> validate -> histories -> keyword_shards -> keywords (one per user shard) -> merge_keywords
       -> preference_tokens -> token_embeddings (GPU) ------------------------------.
                            -> plan (one generation per segment x target) -> headlines -> generate (one task
                               per shard, GPU) -> publish
@@ -60,6 +60,14 @@ def pmg_nightly():
         # Asset-triggered and manual runs may have no logical date; run_after always exists.
         moment = dag_run.logical_date or dag_run.run_after
         return (moment.date() - dt.timedelta(days=1)).isoformat()
+
+    @task
+    def campaigns(day: str) -> dict:
+        """The campaigns in force, copied into the run's folder: every later stage reads this copy, and a
+        broken campaign is named here and skipped."""
+        from pmg_tasks.campaigns import snapshot_campaigns
+
+        return snapshot_campaigns(Settings(), day)
 
     @task
     def extract(day: str) -> dict:
@@ -145,6 +153,7 @@ def pmg_nightly():
         return publish_run(Settings(), day)
 
     day = run_date()
+    in_force = campaigns(day)
     extracted, validated, built = extract(day), validate(day), histories(day)
     user_shards = keyword_shards(day)
     user_keywords = keywords.partial(day=day).expand(shard_index=user_shards)
@@ -153,7 +162,7 @@ def pmg_nightly():
     generated = generate.partial(day=day).expand(shard_index=shards)
     published = publish(day)
 
-    extracted >> validated >> built >> user_shards
+    in_force >> extracted >> validated >> built >> user_shards
     user_keywords >> merged >> tokens >> [embeddings, shards]
     shards >> titles
     [embeddings, titles] >> generated >> published

@@ -81,6 +81,13 @@ class Safety(BaseModel):
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="a detection at or above this flags the image")
 
 
+class CampaignLimits(BaseModel):
+    """What a campaign may ask of the GPU: its own image size and steps stay within these (docs/campaigns.md)."""
+
+    max_image_size: int = Field(128, ge=8, description="largest image_size a campaign may set")
+    max_inference_steps: int = Field(10, ge=1, description="most inference_steps a campaign may set")
+
+
 class TokenEmbeddings(BaseModel):
     """How preference tokens become words the diffusion text encoder knows (textual inversion; see
     docs/generation.md). Bounded per token, so a night's cost grows with the tokens in use, not the users."""
@@ -133,6 +140,7 @@ PROFILES: dict[str, dict[str, dict[str, object]]] = {
             "batch_size": 16, "requests_per_shard": 2048, "checkpoint_requests": 32,
         },
         "token_embeddings": {"steps_per_token": 200, "images_per_token": 16, "batch_size": 16},
+        "campaign_limits": {"max_image_size": 1024, "max_inference_steps": 60},
     },
 }  # fmt: skip
 Profile = Literal["test", "production"]
@@ -148,13 +156,16 @@ class Settings(BaseSettings):
     warehouse_conn_id: str = Field("", description="an Airflow connection id; wins over warehouse_url in tasks")
     store_root: str = Field("", description="local folder or s3://bucket/prefix; default: home/store")
     s3_endpoint_url: str = Field("", description="S3 API endpoint; empty means AWS itself")
-    campaigns_file: str = Field("", description="YAML of campaigns; default: home/campaigns.yaml")
+    campaigns_file: str = Field(
+        "", description="folder of campaign files (one <id>.yaml each), or one YAML of `campaigns:`; default: home/campaigns"
+    )
 
     models: ModelPaths = ModelPaths()
     pools: Pools = Pools()
     generation: Generation = Generation()
     token_embeddings: TokenEmbeddings = TokenEmbeddings()
     safety: Safety = Safety()
+    campaign_limits: CampaignLimits = CampaignLimits()
     keywords: Keywords = Keywords()
 
     lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")
@@ -223,7 +234,7 @@ class Settings(BaseSettings):
         if not self.store_root:
             self.store_root = str(home / "store")
         if not self.campaigns_file:
-            self.campaigns_file = str(home / "campaigns.yaml")
+            self.campaigns_file = str(home / "campaigns")
         return self
 
     def to_env(self) -> dict[str, str]:

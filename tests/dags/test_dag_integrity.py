@@ -55,7 +55,8 @@ def test_wiring_follows_the_nightly_flow(nightly):
     upstream = {t.task_id: set(t.upstream_task_ids) - {"run_date"} for t in nightly.tasks}
     assert upstream == {
         "run_date": set(),
-        "extract": set(),
+        "campaigns": set(),
+        "extract": {"campaigns"},
         "validate": {"extract"},
         "histories": {"validate"},
         "keyword_shards": {"histories"},
