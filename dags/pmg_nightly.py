@@ -1,36 +1,31 @@
 """pmg_nightly: last night's clickstream in, personalized creatives and their scores out.
 
-    campaigns -> extract -> validate -> histories -> keyword_shards -> keywords (one per user shard) -> merge_keywords
-      -> preference_tokens -> token_embeddings (GPU) ------------------------------.
-                           -> plan (one generation per segment x target) -> headlines -> generate (one task
-                              per shard, GPU) -> publish
+    campaigns -> extract -> validate -> histories -> keyword_shards -> keywords (one per user shard)
+      -> merge_keywords -> preference_tokens -> token_embeddings (GPU) ------------------------------.
+                                             -> plan (one generation per segment x target) -> headlines
+                                                -> generate (one task per shard, GPU) -> publish
 
+campaigns copies the campaigns in force into the run's folder; every later stage reads that copy, and a
+broken campaign is skipped and named (in the log and the report) instead of failing the night.
 preference_tokens waits for the keywords: it describes each token by the keywords of the users behind it,
 so a rerun must see the same keywords to write the same descriptors. token_embeddings (textual inversion of
 the tokens in use) and plan run side by side; generate needs both, and the headlines.
 
-Wiring only: every stage is a plain function in pmg_tasks, and heavy libraries load inside task bodies.
-A run triggered on day D processes day D - 1, the last complete one; `params.ds` reprocesses any date.
-Stages exchange files in the object store; XCom carries only dates, counts and keys.
+Wiring only: every stage is a plain function in pmg_tasks (its task in pmg_tasks/dag_parts.py), and heavy
+libraries load inside task bodies. A run triggered on day D processes day D - 1, the last complete one;
+`params.ds` reprocesses any date. Stages exchange files in the object store; XCom carries only dates, counts
+and keys.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
+from pmg_tasks import dag_parts
+from pmg_tasks.dag_parts import CREATIVE_MANIFESTS
 from pmg_tasks.settings import Settings
-
-SETTINGS = Settings()
-CREATIVE_MANIFESTS = Asset(name="pmg_creative_manifests")
-
-
-def _fail_without_retry(error: Exception):
-    """Bad data and bad campaign files do not fix themselves: fail now instead of retrying."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    return AirflowFailException(str(error))
 
 
 @dag(
@@ -42,109 +37,15 @@ def _fail_without_retry(error: Exception):
     tags=["pmg", "nightly", "creatives"],
     doc_md=__doc__,
     params={"ds": Param(None, type=["null", "string"], description="YYYY-MM-DD to process instead of D-1")},
-    default_args={
-        "owner": "data-engineering",
-        "retries": SETTINGS.pools.task_retries,
-        "retry_delay": dt.timedelta(seconds=SETTINGS.pools.retry_delay_s),
-        "retry_exponential_backoff": True,
-        "execution_timeout": dt.timedelta(hours=2),
-    },
+    default_args=dag_parts.default_args("data-engineering"),
 )
 def pmg_nightly():
     @task
-    def run_date(**context) -> str:
-        """The date this run processes: params.ds, else the day before the run's logical date."""
-        if context["params"].get("ds"):
-            return dt.date.fromisoformat(context["params"]["ds"]).isoformat()
-        dag_run = context["dag_run"]
-        # Asset-triggered and manual runs may have no logical date; run_after always exists.
-        moment = dag_run.logical_date or dag_run.run_after
-        return (moment.date() - dt.timedelta(days=1)).isoformat()
-
-    @task
     def campaigns(day: str) -> dict:
-        """The campaigns in force, copied into the run's folder: every later stage reads this copy, and a
-        broken campaign is named here and skipped."""
+        """The campaigns in force, copied into the run's folder; a broken campaign is named and skipped."""
         from pmg_tasks.campaigns import snapshot_campaigns
 
         return snapshot_campaigns(Settings(), day)
-
-    @task
-    def extract(day: str) -> dict:
-        from pmg_tasks.extract import extract_clickstream
-
-        return extract_clickstream(Settings(), day)
-
-    @task
-    def validate(day: str) -> dict:
-        from pmg_tasks.validation.stage import BadDataError, validate_events
-
-        try:
-            return validate_events(Settings(), day)
-        except BadDataError as error:
-            raise _fail_without_retry(error) from error
-
-    @task
-    def histories(day: str) -> dict:
-        from pmg_tasks.histories import build_histories
-
-        return build_histories(Settings(), day)
-
-    @task
-    def keyword_shards(day: str) -> list[int]:
-        from pmg_tasks.keywords.stage import plan_keyword_shards
-
-        return plan_keyword_shards(Settings(), day)
-
-    @task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
-    def keywords(day: str, shard_index: int) -> dict:
-        from pmg_tasks.campaigns import CampaignError
-        from pmg_tasks.keywords.stage import extract_keyword_shard
-
-        try:
-            return extract_keyword_shard(Settings(), day, shard_index)
-        except CampaignError as error:
-            raise _fail_without_retry(error) from error
-
-    @task
-    def merge_keywords(day: str) -> dict:
-        from pmg_tasks.keywords.stage import merge_keywords
-
-        return merge_keywords(Settings(), day)
-
-    @task
-    def preference_tokens(day: str) -> dict:
-        from pmg_tasks.preferences.stage import update_preference_tokens
-
-        return update_preference_tokens(Settings(), day)
-
-    @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue)
-    def token_embeddings(day: str) -> dict:
-        from pmg_tasks.tokens.stage import train_token_embeddings
-
-        return train_token_embeddings(Settings(), day)
-
-    @task
-    def plan(day: str) -> list[int]:
-        from pmg_tasks.campaigns import CampaignError
-        from pmg_tasks.plan import plan_generation
-
-        try:
-            return plan_generation(Settings(), day)
-        except CampaignError as error:
-            raise _fail_without_retry(error) from error
-
-    @task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
-    def headlines(day: str) -> dict:
-        from pmg_tasks.headlines import write_headlines
-
-        return write_headlines(Settings(), day)
-
-    @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue, max_active_tis_per_dag=SETTINGS.pools.gpu_slots)
-    def generate(day: str, shard_index: int) -> dict:
-        from pmg_tasks.generate.shard import generate_shard
-
-        return generate_shard(Settings(), day, shard_index)
 
     @task(outlets=[CREATIVE_MANIFESTS])
     def publish(day: str) -> dict:
@@ -152,20 +53,12 @@ def pmg_nightly():
 
         return publish_run(Settings(), day)
 
-    day = run_date()
-    in_force = campaigns(day)
-    extracted, validated, built = extract(day), validate(day), histories(day)
-    user_shards = keyword_shards(day)
-    user_keywords = keywords.partial(day=day).expand(shard_index=user_shards)
-    merged, tokens, shards = merge_keywords(day), preference_tokens(day), plan(day)
-    embeddings, titles = token_embeddings(day), headlines(day)
-    generated = generate.partial(day=day).expand(shard_index=shards)
-    published = publish(day)
-
-    in_force >> extracted >> validated >> built >> user_shards
-    user_keywords >> merged >> tokens >> [embeddings, shards]
+    day = dag_parts.run_date()
+    embeddings, shards = dag_parts.nightly_stages(day, campaigns(day))
+    titles = dag_parts.headlines(day)
+    generated = dag_parts.generate.partial(day=day).expand(shard_index=shards)
     shards >> titles
-    [embeddings, titles] >> generated >> published
+    [embeddings, titles] >> generated >> publish(day)
 
 
 pmg_nightly()

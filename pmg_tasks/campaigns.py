@@ -359,10 +359,16 @@ def _snapshot_file_key(ds: str, name: str) -> str:
     return run_key(ds, f"campaigns/files/{name}")
 
 
-def snapshot_campaigns(settings: Settings, ds: str) -> dict[str, Any]:
+def snapshot_campaigns(
+    settings: Settings, ds: str, only: str | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Copy the campaign files in force into runs/ds=<ds>/campaigns/ (the files as written, broken ones too,
     and an index of what validated), so the night can be explained after the files change. Every stage of
-    the run reads the copy. Logs each broken campaign. Returns the index."""
+    the run reads the copy. Logs each broken campaign. Returns the index.
+
+    `only` keeps one campaign (a run of one campaign now), written with `overrides` (field -> value)
+    applied: the copy is what the run used. Raises CampaignError when that campaign is broken or not
+    running on `ds`."""
     from pmg_tasks.store import open_store, write_json
 
     store = open_store(settings)
@@ -371,20 +377,48 @@ def snapshot_campaigns(settings: Settings, ds: str) -> dict[str, Any]:
     names = ([path.name] if layout == "file" else
              sorted(p.name for p in path.iterdir() if p.is_file() and p.suffix in CAMPAIGN_SUFFIXES)
              if path.is_dir() else [])  # fmt: skip
+    files = {name: (path if layout == "file" else path / name).read_bytes() for name in names}
     found = read_campaigns(path, settings.campaign_limits)
+    if only is not None:
+        layout, files, found = _one_campaign(found, only, overrides or {}, ds, settings)
     store.delete_prefix(_snapshot_file_key(ds, ""))
-    for name in names:
-        store.put_bytes(_snapshot_file_key(ds, name), (path if layout == "file" else path / name).read_bytes())
+    for name, data in files.items():
+        store.put_bytes(_snapshot_file_key(ds, name), data)
     index = {
-        "source": str(path), "layout": layout, "files": names,
+        "source": str(path), "layout": layout, "files": sorted(files),
         "valid": sorted(c.campaign_id for c in found.campaigns),
         "active": [c.campaign_id for c in found.active(ds)],
+        "review": sorted(c.campaign_id for c in found.active(ds) if c.review == "required"),
         "problems": found.problem_records(),
     }  # fmt: skip
     write_json(store, _snapshot_index_key(ds), index)
     for problem in found.problems:
         log.warning("skipping a broken campaign: %s", problem)
     return index
+
+
+def _one_campaign(
+    found: CampaignSet, campaign_id: str, overrides: dict[str, Any], ds: str, settings: Settings
+) -> tuple[Literal["folder"], dict[str, bytes], CampaignSet]:
+    import yaml
+
+    campaign = found.by_id(campaign_id)
+    fields = {**campaign.model_dump(mode="json", exclude_defaults=True), **overrides}
+    if fields.get("candidates") is not None and fields["candidates"] < fields.get("variants", 1):
+        # More variants than candidates cannot be chosen: more variants bring as many candidates along.
+        fields["candidates"] = fields["variants"]
+    try:
+        changed = Campaign.model_validate(fields, context={"limits": settings.campaign_limits})
+    except ValidationError as error:
+        raise CampaignError("; ".join(str(p) for p in _problems(f"{campaign_id}.yaml", campaign_id, error))) from None
+    if not changed.is_active(dt.date.fromisoformat(ds)):
+        raise CampaignError(
+            f"campaign {campaign_id!r} runs from {changed.start_date} to {changed.end_date}, not on {ds}: pick a "
+            "date in its window"
+        )
+    text = yaml.safe_dump(changed.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+    name = f"{campaign_id}.yaml"
+    return "folder", {name: text.encode()}, CampaignSet(found.source, [changed], [], {campaign_id: name})
 
 
 def campaigns_for_run(settings: Settings, ds: str, store: ObjectStore | None = None) -> CampaignSet:

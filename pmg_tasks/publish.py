@@ -11,6 +11,7 @@ pyarrow, DuckDB, Spark) adds it when reading the root, and Spark refuses a colum
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from pmg_tasks.generate.safety import safety_counts
@@ -77,8 +78,9 @@ def assemble_manifest(
     return manifest[MANIFEST_COLUMNS]
 
 
-def publish_run(settings: Settings, ds: str) -> dict:
-    """Write the manifests, the report and `_SUCCESS`; return where they are."""
+def publish_run(settings: Settings, ds: str, campaigns: Collection[str] | None = None) -> dict:
+    """Write the manifests, the report and `_SUCCESS`; return where they are. `campaigns` publishes only
+    those (a campaign waiting for review, or a run of one campaign): the others' manifests stay as they are."""
     store = open_store(settings)
     # First take the marker away: readers must not trust this date while it is being rewritten.
     store.delete_prefix(success_key(ds))
@@ -88,6 +90,8 @@ def publish_run(settings: Settings, ds: str) -> dict:
     headlines = read_frame(store, run_key(ds, "headlines.parquet"))
     generated = _generated(store, ds)
     manifest = assemble_manifest(requests, generations, headlines, generated, store)
+    if campaigns is not None:
+        manifest = manifest[manifest["campaign_id"].isin(list(campaigns))].reset_index(drop=True)
     safety = safety_counts(generated)
 
     manifests = {}
@@ -96,7 +100,10 @@ def publish_run(settings: Settings, ds: str) -> dict:
     for key in store.list_keys(f"manifests/ds={ds}/"):
         # A campaign dropped since the last attempt at this date must not keep an old manifest.
         if key.endswith("manifest.parquet") and key not in manifests.values():
-            store.delete_prefix(key)
+            if campaigns is None or _campaign_of(key) in campaigns:
+                store.delete_prefix(key)
+            else:
+                manifests[_campaign_of(key)] = key
 
     stats = _collect_stats(store, ds)
     stats["manifest"] = {
@@ -122,6 +129,11 @@ def publish_run(settings: Settings, ds: str) -> dict:
         len(manifest), stats["manifest"]["creatives"], len(manifests), locations["report"],
     )  # fmt: skip
     return {"rows": len(manifest), "campaigns": sorted(manifests), **locations}
+
+
+def _campaign_of(key: str) -> str:
+    """The campaign id of a manifest key (layout.manifest_key)."""
+    return key.split("/campaign=", 1)[1].split("/", 1)[0]
 
 
 def _generated(store: ObjectStore, ds: str) -> pd.DataFrame:

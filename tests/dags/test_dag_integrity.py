@@ -28,7 +28,7 @@ def nightly(dagbag):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "pmg_nightly" in dagbag.dags
+    assert {"pmg_nightly", "pmg_campaign_run"} <= set(dagbag.dags)
 
 
 def test_parsing_imports_no_heavy_library():

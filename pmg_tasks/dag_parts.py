@@ -1,0 +1,143 @@
+"""The Airflow tasks of pmg's stages, shared by the DAG files (dags/pmg_nightly.py, dags/pmg_campaign_run.py).
+
+Each task is a thin wrapper over a stage function; heavy libraries load inside task bodies, so parsing a DAG
+file imports Airflow and pydantic only. `nightly_stages` wires extract .. plan, the part every run shares.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Asset, task
+
+from pmg_tasks.settings import Settings
+
+SETTINGS = Settings()
+CREATIVE_MANIFESTS = Asset(name="pmg_creative_manifests")
+
+
+def fail_without_retry(error: Exception):
+    """Bad data and bad campaign files do not fix themselves: fail now instead of retrying."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(str(error))
+
+
+def default_args(owner: str) -> dict:
+    return {
+        "owner": owner,
+        "retries": SETTINGS.pools.task_retries,
+        "retry_delay": dt.timedelta(seconds=SETTINGS.pools.retry_delay_s),
+        "retry_exponential_backoff": True,
+        "execution_timeout": dt.timedelta(hours=2),
+    }
+
+
+@task
+def run_date(**context) -> str:
+    """The date this run processes: params.ds, else the day before the run's logical date."""
+    if context["params"].get("ds"):
+        return dt.date.fromisoformat(context["params"]["ds"]).isoformat()
+    dag_run = context["dag_run"]
+    # Asset-triggered and manual runs may have no logical date; run_after always exists.
+    moment = dag_run.logical_date or dag_run.run_after
+    return (moment.date() - dt.timedelta(days=1)).isoformat()
+
+
+@task
+def extract(day: str) -> dict:
+    from pmg_tasks.extract import extract_clickstream
+
+    return extract_clickstream(Settings(), day)
+
+
+@task
+def validate(day: str) -> dict:
+    from pmg_tasks.validation.stage import BadDataError, validate_events
+
+    try:
+        return validate_events(Settings(), day)
+    except BadDataError as error:
+        raise fail_without_retry(error) from error
+
+
+@task
+def histories(day: str) -> dict:
+    from pmg_tasks.histories import build_histories
+
+    return build_histories(Settings(), day)
+
+
+@task
+def keyword_shards(day: str) -> list[int]:
+    from pmg_tasks.keywords.stage import plan_keyword_shards
+
+    return plan_keyword_shards(Settings(), day)
+
+
+@task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
+def keywords(day: str, shard_index: int) -> dict:
+    from pmg_tasks.campaigns import CampaignError
+    from pmg_tasks.keywords.stage import extract_keyword_shard
+
+    try:
+        return extract_keyword_shard(Settings(), day, shard_index)
+    except CampaignError as error:
+        raise fail_without_retry(error) from error
+
+
+@task
+def merge_keywords(day: str) -> dict:
+    from pmg_tasks.keywords.stage import merge_keywords
+
+    return merge_keywords(Settings(), day)
+
+
+@task
+def preference_tokens(day: str) -> dict:
+    from pmg_tasks.preferences.stage import update_preference_tokens
+
+    return update_preference_tokens(Settings(), day)
+
+
+@task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue)
+def token_embeddings(day: str) -> dict:
+    from pmg_tasks.tokens.stage import train_token_embeddings
+
+    return train_token_embeddings(Settings(), day)
+
+
+@task
+def plan(day: str) -> list[int]:
+    from pmg_tasks.plan import plan_generation
+
+    # A campaign that cannot be planned is skipped and named by the stage; nothing here is worth a retry.
+    return plan_generation(Settings(), day)
+
+
+@task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
+def headlines(day: str) -> dict:
+    from pmg_tasks.headlines import write_headlines
+
+    return write_headlines(Settings(), day)
+
+
+@task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue, max_active_tis_per_dag=SETTINGS.pools.gpu_slots)
+def generate(day: str, shard_index: int) -> dict:
+    from pmg_tasks.generate.shard import generate_shard
+
+    return generate_shard(Settings(), day, shard_index)
+
+
+def nightly_stages(day, in_force):
+    """Wire the stages from extract to plan after `in_force` (the campaigns task); returns (token
+    embeddings, plan) so the caller wires generation after both."""
+    extracted, validated, built = extract(day), validate(day), histories(day)
+    user_shards = keyword_shards(day)
+    user_keywords = keywords.partial(day=day).expand(shard_index=user_shards)
+    merged, tokens, shards = merge_keywords(day), preference_tokens(day), plan(day)
+    embeddings = token_embeddings(day)
+
+    in_force >> extracted >> validated >> built >> user_shards
+    user_keywords >> merged >> tokens >> [embeddings, shards]
+    return embeddings, shards
