@@ -77,7 +77,7 @@ def pmg_campaign_run():
     def publish(day: str, **context) -> dict:
         from pmg_tasks.publish import publish_run
 
-        return publish_run(Settings(), day, campaigns=[context["params"]["campaign_id"]])
+        return {**publish_run(Settings(), day, campaigns=[context["params"]["campaign_id"]]), "ds": day}
 
     day = dag_parts.run_date()
     embeddings, shards = dag_parts.nightly_stages(day, campaign(day))
@@ -85,7 +85,7 @@ def pmg_campaign_run():
     titles = dag_parts.headlines(day)
     generated = dag_parts.generate.partial(day=day).expand(shard_index=shards)
     go >> titles
-    [embeddings, titles] >> generated >> publish(day)
+    [embeddings, titles] >> generated >> dag_parts.with_report_link(publish(day))
 
 
 pmg_campaign_run()

@@ -51,14 +51,14 @@ def pmg_nightly():
     def publish(day: str) -> dict:
         from pmg_tasks.publish import publish_run
 
-        return publish_run(Settings(), day)
+        return {**publish_run(Settings(), day), "ds": day}
 
     day = dag_parts.run_date()
     embeddings, shards = dag_parts.nightly_stages(day, campaigns(day))
     titles = dag_parts.headlines(day)
     generated = dag_parts.generate.partial(day=day).expand(shard_index=shards)
     shards >> titles
-    [embeddings, titles] >> generated >> publish(day)
+    [embeddings, titles] >> generated >> dag_parts.with_report_link(publish(day))
 
 
 pmg_nightly()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.sdk import Asset, task
+from airflow.sdk.bases.operatorlink import BaseOperatorLink
 
 from pmg_tasks.settings import Settings
+from pmg_tasks.stage_times import stage_clock
 
 SETTINGS = Settings()
 CREATIVE_MANIFESTS = Asset(name="pmg_creative_manifests")
@@ -48,7 +50,8 @@ def run_date(**context) -> str:
 def extract(day: str) -> dict:
     from pmg_tasks.extract import extract_clickstream
 
-    return extract_clickstream(Settings(), day)
+    with stage_clock(Settings(), day, "extract"):
+        return extract_clickstream(Settings(), day)
 
 
 @task
@@ -56,7 +59,8 @@ def validate(day: str) -> dict:
     from pmg_tasks.validation.stage import BadDataError, validate_events
 
     try:
-        return validate_events(Settings(), day)
+        with stage_clock(Settings(), day, "validate"):
+            return validate_events(Settings(), day)
     except BadDataError as error:
         raise fail_without_retry(error) from error
 
@@ -65,7 +69,8 @@ def validate(day: str) -> dict:
 def histories(day: str) -> dict:
     from pmg_tasks.histories import build_histories
 
-    return build_histories(Settings(), day)
+    with stage_clock(Settings(), day, "histories"):
+        return build_histories(Settings(), day)
 
 
 @task
@@ -81,7 +86,8 @@ def keywords(day: str, shard_index: int) -> dict:
     from pmg_tasks.keywords.stage import extract_keyword_shard
 
     try:
-        return extract_keyword_shard(Settings(), day, shard_index)
+        with stage_clock(Settings(), day, "keywords", shard_index):
+            return extract_keyword_shard(Settings(), day, shard_index)
     except CampaignError as error:
         raise fail_without_retry(error) from error
 
@@ -90,21 +96,24 @@ def keywords(day: str, shard_index: int) -> dict:
 def merge_keywords(day: str) -> dict:
     from pmg_tasks.keywords.stage import merge_keywords
 
-    return merge_keywords(Settings(), day)
+    with stage_clock(Settings(), day, "merge_keywords"):
+        return merge_keywords(Settings(), day)
 
 
 @task
 def preference_tokens(day: str) -> dict:
     from pmg_tasks.preferences.stage import update_preference_tokens
 
-    return update_preference_tokens(Settings(), day)
+    with stage_clock(Settings(), day, "preference_tokens"):
+        return update_preference_tokens(Settings(), day)
 
 
 @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue)
 def token_embeddings(day: str) -> dict:
     from pmg_tasks.tokens.stage import train_token_embeddings
 
-    return train_token_embeddings(Settings(), day)
+    with stage_clock(Settings(), day, "token_embeddings"):
+        return train_token_embeddings(Settings(), day)
 
 
 @task
@@ -112,21 +121,24 @@ def plan(day: str) -> list[int]:
     from pmg_tasks.plan import plan_generation
 
     # A campaign that cannot be planned is skipped and named by the stage; nothing here is worth a retry.
-    return plan_generation(Settings(), day)
+    with stage_clock(Settings(), day, "plan"):
+        return plan_generation(Settings(), day)
 
 
 @task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
 def headlines(day: str) -> dict:
     from pmg_tasks.headlines import write_headlines
 
-    return write_headlines(Settings(), day)
+    with stage_clock(Settings(), day, "headlines"):
+        return write_headlines(Settings(), day)
 
 
 @task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue, max_active_tis_per_dag=SETTINGS.pools.gpu_slots)
 def generate(day: str, shard_index: int) -> dict:
     from pmg_tasks.generate.shard import generate_shard
 
-    return generate_shard(Settings(), day, shard_index)
+    with stage_clock(Settings(), day, "generate", shard_index):
+        return generate_shard(Settings(), day, shard_index)
 
 
 def nightly_stages(day, in_force):
@@ -141,3 +153,30 @@ def nightly_stages(day, in_force):
     in_force >> extracted >> validated >> built >> user_shards
     user_keywords >> merged >> tokens >> [embeddings, shards]
     return embeddings, shards
+
+
+def report_url(ds: str, campaign_id: str = "") -> str:
+    """The run report through the gallery in the Airflow UI (api.base_url, else a path on the same host)."""
+    from airflow.configuration import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    anchor = f"#campaign-{campaign_id}" if campaign_id else ""
+    return f"{base}/pmg/store/reports/ds={ds}/index.html{anchor}"
+
+
+class RunReportLink(BaseOperatorLink):
+    """"Run report" on a publish task: the page of the date it published (from the task's result)."""
+
+    name = "Run report"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        from airflow.sdk.bases.xcom import BaseXCom
+
+        result = BaseXCom.get_value(ti_key=ti_key, key="return_value") or {}
+        return report_url(result["ds"]) if result.get("ds") else ""
+
+
+def with_report_link(published):
+    """Give the publish task (an XComArg of a @task) its "Run report" link; returns it."""
+    published.operator.operator_extra_links = (RunReportLink(),)
+    return published

@@ -23,8 +23,16 @@ from pmg_tasks.layout import (
     shard_result_key,
     success_key,
 )
-from pmg_tasks.report import render_report
-from pmg_tasks.store import ObjectStore, open_store, read_frame, read_json, write_json, write_table
+from pmg_tasks.report import write_report
+from pmg_tasks.store import (
+    ObjectStore,
+    open_store,
+    read_frame,
+    read_json,
+    read_table,
+    write_json,
+    write_table,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -78,9 +86,13 @@ def assemble_manifest(
     return manifest[MANIFEST_COLUMNS]
 
 
-def publish_run(settings: Settings, ds: str, campaigns: Collection[str] | None = None) -> dict:
+def publish_run(
+    settings: Settings, ds: str, campaigns: Collection[str] | None = None, held: Collection[str] = ()
+) -> dict:
     """Write the manifests, the report and `_SUCCESS`; return where they are. `campaigns` publishes only
-    those (a campaign waiting for review, or a run of one campaign): the others' manifests stay as they are."""
+    those (an approved campaign, or a run of one campaign): the others' manifests stay as they are. `held`
+    publishes all but those (campaigns waiting for review): theirs are left alone. The report shows every
+    planned campaign, held ones too, each with its state."""
     store = open_store(settings)
     # First take the marker away: readers must not trust this date while it is being rewritten.
     store.delete_prefix(success_key(ds))
@@ -89,9 +101,9 @@ def publish_run(settings: Settings, ds: str, campaigns: Collection[str] | None =
     generations = read_frame(store, run_key(ds, "generations.parquet"))
     headlines = read_frame(store, run_key(ds, "headlines.parquet"))
     generated = _generated(store, ds)
-    manifest = assemble_manifest(requests, generations, headlines, generated, store)
-    if campaigns is not None:
-        manifest = manifest[manifest["campaign_id"].isin(list(campaigns))].reset_index(drop=True)
+    planned = assemble_manifest(requests, generations, headlines, generated, store)
+    chosen = planned["campaign_id"].isin(list(campaigns)) if campaigns is not None else ~planned["campaign_id"].isin(list(held))
+    manifest = planned[chosen].reset_index(drop=True)
     safety = safety_counts(generated)
 
     manifests = {}
@@ -100,7 +112,7 @@ def publish_run(settings: Settings, ds: str, campaigns: Collection[str] | None =
     for key in store.list_keys(f"manifests/ds={ds}/"):
         # A campaign dropped since the last attempt at this date must not keep an old manifest.
         if key.endswith("manifest.parquet") and key not in manifests.values():
-            if campaigns is None or _campaign_of(key) in campaigns:
+            if (campaigns is None or _campaign_of(key) in campaigns) and _campaign_of(key) not in held:
                 store.delete_prefix(key)
             else:
                 manifests[_campaign_of(key)] = key
@@ -108,12 +120,16 @@ def publish_run(settings: Settings, ds: str, campaigns: Collection[str] | None =
     stats = _collect_stats(store, ds)
     stats["manifest"] = {
         "rows": len(manifest),
+        # Every campaign published for the date so far: tonight's, and those an earlier call published.
+        "published_rows": len(manifest) + sum(
+            read_table(store, k).num_rows for c, k in manifests.items() if c not in set(manifest["campaign_id"])
+        ),
         "campaigns": sorted(manifests),
         "creatives": int(manifest["creative_id"].nunique()),
         "users": int(manifest["user_id"].nunique()),
         "safety": safety,
     }
-    store.put_bytes(report_key(ds), render_report(ds, manifest, stats).encode())
+    write_report(settings, store, ds, planned, stats, published=sorted(manifests))
     write_json(store, run_key(ds, "stats/publish.json"), stats["manifest"])
 
     # Last: the marker that says everything above is complete.

@@ -88,6 +88,15 @@ class CampaignLimits(BaseModel):
     max_inference_steps: int = Field(10, ge=1, description="most inference_steps a campaign may set")
 
 
+class Report(BaseModel):
+    """The run report (pmg_tasks/report.py)."""
+
+    # relative: links beside the page, which work in a folder, a public bucket and through the gallery;
+    # presigned: signed URLs, for a page opened straight from a private bucket (they expire).
+    image_links: Literal["relative", "presigned"] = "relative"
+    presign_seconds: int = Field(7 * 24 * 3600, ge=60, le=7 * 24 * 3600, description="life of a pre-signed link")
+
+
 class TokenEmbeddings(BaseModel):
     """How preference tokens become words the diffusion text encoder knows (textual inversion; see
     docs/generation.md). Bounded per token, so a night's cost grows with the tokens in use, not the users."""
@@ -166,6 +175,7 @@ class Settings(BaseSettings):
     token_embeddings: TokenEmbeddings = TokenEmbeddings()
     safety: Safety = Safety()
     campaign_limits: CampaignLimits = CampaignLimits()
+    report: Report = Report()
     keywords: Keywords = Keywords()
 
     lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")

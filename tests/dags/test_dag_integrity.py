@@ -91,3 +91,12 @@ def test_expensive_stages_run_in_their_pools_and_generation_fans_out(nightly):
 def test_publish_emits_the_manifest_asset(nightly):
     outlets = nightly.get_task("publish").outlets
     assert [a.name for a in outlets] == ["pmg_creative_manifests"]
+
+
+def test_publish_links_to_the_run_report(dagbag):
+    for dag_id in ("pmg_nightly", "pmg_campaign_run"):
+        links = dagbag.dags[dag_id].get_task("publish").operator_extra_links
+        assert [link.name for link in links] == ["Run report"]
+    from pmg_tasks.dag_parts import report_url
+
+    assert report_url("2026-11-20", "winter").endswith("/pmg/store/reports/ds=2026-11-20/index.html#campaign-winter")
