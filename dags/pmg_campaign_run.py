@@ -3,6 +3,7 @@
     campaign (the one chosen, with the form's changes) -> extract .. plan (the nightly's stages)
       -> [dry run: stop here, the plan's costs are in the plan task's log and stats/plan.json]
       -> headlines -> generate -> publish (this campaign's manifest only; the others' stay)
+      -> where it requires review: held_<id> -> review_<id> (a person approves) -> decide_<id>
 
 The form: the campaign (a list of the valid campaigns in the campaigns folder, read when the DAG file is
 parsed), the date (default: yesterday), and for this run only: variants, alpha, and a dry run that plans
@@ -75,9 +76,13 @@ def pmg_campaign_run():
 
     @task(outlets=[CREATIVE_MANIFESTS])
     def publish(day: str, **context) -> dict:
+        """This campaign only; held instead where it requires a review (the report shows it either way)."""
         from pmg_tasks.publish import publish_run
+        from pmg_tasks.review import held_campaigns
 
-        return {**publish_run(Settings(), day, campaigns=[context["params"]["campaign_id"]]), "ds": day}
+        held = held_campaigns(Settings(), day)
+        chosen = [] if context["params"]["campaign_id"] in held else [context["params"]["campaign_id"]]
+        return {**publish_run(Settings(), day, campaigns=chosen), "ds": day, "held": held}
 
     day = dag_parts.run_date()
     embeddings, shards = dag_parts.nightly_stages(day, campaign(day))
@@ -85,7 +90,9 @@ def pmg_campaign_run():
     titles = dag_parts.headlines(day)
     generated = dag_parts.generate.partial(day=day).expand(shard_index=shards)
     go >> titles
-    [embeddings, titles] >> generated >> dag_parts.with_report_link(publish(day))
+    published = dag_parts.with_report_link(publish(day))
+    [embeddings, titles] >> generated >> published
+    dag_parts.review_gates(day, published, dag_parts.review_campaign_ids())
 
 
 pmg_campaign_run()

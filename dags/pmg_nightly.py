@@ -4,6 +4,7 @@
       -> merge_keywords -> preference_tokens -> token_embeddings (GPU) ------------------------------.
                                              -> plan (one generation per segment x target) -> headlines
                                                 -> generate (one task per shard, GPU) -> publish
+      -> per campaign with `review: required`: held_<id> -> review_<id> (a person approves) -> decide_<id>
 
 campaigns copies the campaigns in force into the run's folder; every later stage reads that copy, and a
 broken campaign is skipped and named (in the log and the report) instead of failing the night.
@@ -27,6 +28,10 @@ from pmg_tasks import dag_parts
 from pmg_tasks.dag_parts import CREATIVE_MANIFESTS
 from pmg_tasks.settings import Settings
 
+# Campaigns that require a review get a gate each (read when this file is parsed; a campaign held tonight
+# without a gate stays held until the file is parsed again and the night rerun).
+REVIEWED = dag_parts.review_campaign_ids()
+
 
 @dag(
     dag_id="pmg_nightly",
@@ -49,16 +54,21 @@ def pmg_nightly():
 
     @task(outlets=[CREATIVE_MANIFESTS])
     def publish(day: str) -> dict:
+        """Every campaign but those waiting for review; the report shows them all."""
         from pmg_tasks.publish import publish_run
+        from pmg_tasks.review import held_campaigns
 
-        return {**publish_run(Settings(), day), "ds": day}
+        held = held_campaigns(Settings(), day)
+        return {**publish_run(Settings(), day, held=held), "ds": day, "held": held}
 
     day = dag_parts.run_date()
     embeddings, shards = dag_parts.nightly_stages(day, campaigns(day))
     titles = dag_parts.headlines(day)
     generated = dag_parts.generate.partial(day=day).expand(shard_index=shards)
     shards >> titles
-    [embeddings, titles] >> generated >> dag_parts.with_report_link(publish(day))
+    published = dag_parts.with_report_link(publish(day))
+    [embeddings, titles] >> generated >> published
+    dag_parts.review_gates(day, published, REVIEWED)
 
 
 pmg_nightly()

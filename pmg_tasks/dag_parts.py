@@ -180,3 +180,49 @@ def with_report_link(published):
     """Give the publish task (an XComArg of a @task) its "Run report" link; returns it."""
     published.operator.operator_extra_links = (RunReportLink(),)
     return published
+
+
+def review_campaign_ids() -> list[str]:
+    """The valid campaigns that require a review, read when the DAG file is parsed: each gets a gate."""
+    from pmg_tasks.campaigns import read_campaigns
+
+    settings = Settings()
+    found = read_campaigns(settings.campaigns_file, settings.campaign_limits)
+    return sorted(c.campaign_id for c in found.campaigns if c.review == "required")
+
+
+def review_gates(day, published, campaign_ids) -> None:
+    """After `published` (the campaigns that need no review, and the report with every campaign on it): per
+    campaign that requires review, a human-in-the-loop task with a link to its section of the report, then
+    its publication or the record of its rejection. A campaign not held tonight skips its gate."""
+    from airflow.providers.standard.operators.hitl import HITLOperator
+    from airflow.sdk import Param
+
+    for campaign_id in campaign_ids:
+        name = campaign_id.replace("-", "_")
+
+        @task.short_circuit(task_id=f"held_{name}")
+        def is_held(day: str, held_ids: list[str], campaign_id: str = campaign_id) -> bool:
+            return campaign_id in held_ids
+
+        @task(task_id=f"decide_{name}")
+        def decide(day: str, response: dict, campaign_id: str = campaign_id) -> dict:
+            from pmg_tasks.review import record_decision
+
+            return record_decision(Settings(), day, campaign_id, response)
+
+        link = report_url("{{ ti.xcom_pull(task_ids='run_date') }}", campaign_id)
+        review = HITLOperator(
+            task_id=f"review_{name}",
+            subject=f"Review the creatives of campaign {campaign_id}",
+            body=f"Tonight's creatives of **{campaign_id}** wait for you before they are published.\n\n"
+                 f"[Open the campaign in the run report]({link})\n\nApprove publishes them; Reject keeps them "
+                 "back (say why in the comment: it is recorded and shown on the report).",
+            options=["Approve", "Reject"],
+            params={"comment": Param("", type="string", title="Comment")},
+            execution_timeout=None,
+            retries=0,
+        )  # fmt: skip
+        gate = is_held(day, published["held"])
+        gate >> review
+        decide(day, review.output)
