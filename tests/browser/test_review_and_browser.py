@@ -38,6 +38,10 @@ def write_campaigns(folder: Path) -> None:
     (folder / "late-night.yaml").write_text(
         sci_fi.replace("name: Sci-fi weekend", "name: Late night").replace("max_users: 8", "max_users: 3")
     )
+    # Two broken campaigns: one the schema refuses, one whose target the catalog lacks. Neither stops the night.
+    (folder / "typo.yaml").write_text(sci_fi.replace("priority: 5", "priorty: 5"))
+    (folder / "gone.yaml").write_text(sci_fi.replace("review: required", "review: none").replace(
+        "target_items: [", "target_items: [m-gone, "))
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +161,20 @@ def test_campaigns_under_review_wait_for_a_person_and_the_others_do_not(reviewed
     assert f"class='state rejected'>rejected</span> by {REVIEWER}: off brand" in report
     success = read_json(store, f"manifests/ds={DS}/_SUCCESS")
     assert sorted(success["manifests"]) == ["sci-fi-weekend", "winter-classics"]
+    # The broken campaigns were skipped and named; the run kept the files it ran with.
+    page = report.replace("&#x27;", "'")
+    assert "typo.yaml: campaign typo: priorty: Extra inputs" in page
+    assert "gone.yaml: campaign gone: target_items: campaign 'gone' targets items not in the catalog: ['m-gone']" in page
+    index = read_json(store, f"runs/ds={DS}/campaigns/index.json")
+    assert "typo.yaml" in index["files"] and index["review"] == ["late-night", "sci-fi-weekend"]
+
+
+def test_the_publish_task_links_to_the_run_report(stack, reviewed_night):
+    run_id = reviewed_night["recorded"]["run_id"]
+    answer = httpx.get(f"{stack['base']}/api/v2/dags/pmg_nightly/dagRuns/{run_id}/taskInstances/publish/links",
+                       headers={"Authorization": f"Bearer {stack['token']}"}, timeout=10)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["extra_links"]["Run report"] == f"{stack['base']}/pmg/store/reports/ds={DS}/index.html"
 
 
 def test_the_gallery_refuses_a_request_without_a_login(stack, reviewed_night):
