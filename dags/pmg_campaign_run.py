@@ -14,6 +14,7 @@ changes, so the run can be explained later.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 
 from airflow.sdk import Param, dag, task
 
@@ -21,6 +22,9 @@ from pmg_tasks import dag_parts
 from pmg_tasks.dag_parts import CREATIVE_MANIFESTS
 from pmg_tasks.settings import Settings
 
+# The stage tasks take their pools, queues and timeouts from the settings when this file is parsed: a
+# parse in a process that parsed it before must see today's settings, as a fresh parsing process does.
+dag_parts = importlib.reload(dag_parts)
 
 def campaign_choices() -> list[str]:
     """The valid campaigns' ids, for the form's list; a placeholder where there is none yet."""

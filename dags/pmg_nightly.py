@@ -21,12 +21,20 @@ and keys.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 
 from airflow.sdk import Param, dag, task
 
 from pmg_tasks import dag_parts
 from pmg_tasks.dag_parts import CREATIVE_MANIFESTS
 from pmg_tasks.settings import Settings
+from pmg_tasks.watch.alerts import deadline_alert, task_timeout
+
+# The stage tasks take their pools, queues and timeouts from the settings when this file is parsed: a
+# parse in a process that parsed it before must see today's settings, as a fresh parsing process does.
+dag_parts = importlib.reload(dag_parts)
+
+SCHEDULE = "0 2 * * *"
 
 # Campaigns that require a review get a gate each (read when this file is parsed; a campaign held tonight
 # without a gate stays held until the file is parsed again and the night rerun).
@@ -35,24 +43,26 @@ REVIEWED = dag_parts.review_campaign_ids()
 
 @dag(
     dag_id="pmg_nightly",
-    schedule="0 2 * * *",
+    schedule=SCHEDULE,
     start_date=dt.datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
     tags=["pmg", "nightly", "creatives"],
     doc_md=__doc__,
     params={"ds": Param(None, type=["null", "string"], description="YYYY-MM-DD to process instead of D-1")},
+    dagrun_timeout=dt.timedelta(hours=dag_parts.SETTINGS.watching.dagrun_timeout_h),
+    deadline=deadline_alert(dag_parts.SETTINGS, SCHEDULE),
     default_args=dag_parts.default_args("data-engineering"),
 )
 def pmg_nightly():
-    @task
+    @task(execution_timeout=task_timeout(dag_parts.SETTINGS, "campaigns"))
     def campaigns(day: str) -> dict:
         """The campaigns in force, copied into the run's folder; a broken campaign is named and skipped."""
         from pmg_tasks.campaigns import snapshot_campaigns
 
         return snapshot_campaigns(Settings(), day)
 
-    @task(outlets=[CREATIVE_MANIFESTS])
+    @task(outlets=[CREATIVE_MANIFESTS], execution_timeout=task_timeout(dag_parts.SETTINGS, "publish"))
     def publish(day: str) -> dict:
         """Every campaign but those waiting for review; the report shows them all."""
         from pmg_tasks.publish import publish_run

@@ -13,8 +13,11 @@ from airflow.sdk.bases.operatorlink import BaseOperatorLink
 
 from pmg_tasks.settings import Settings
 from pmg_tasks.stage_times import stage_clock
+from pmg_tasks.watch.alerts import task_timeout, watched_default_args
 
 SETTINGS = Settings()
+# Diffusion tasks go to the GPU queue and pool; LLM tasks follow when their backend loads a model.
+GPU, LLM = SETTINGS.placement("gpu"), SETTINGS.placement("llm")
 CREATIVE_MANIFESTS = Asset(name="pmg_creative_manifests")
 
 
@@ -27,15 +30,15 @@ def fail_without_retry(error: Exception):
 
 def default_args(owner: str) -> dict:
     return {
+        **watched_default_args(SETTINGS),
         "owner": owner,
-        "retries": SETTINGS.pools.task_retries,
-        "retry_delay": dt.timedelta(seconds=SETTINGS.pools.retry_delay_s),
+        "retries": SETTINGS.retries.per_task,
+        "retry_delay": dt.timedelta(seconds=SETTINGS.retries.delay_s),
         "retry_exponential_backoff": True,
-        "execution_timeout": dt.timedelta(hours=2),
     }
 
 
-@task
+@task(execution_timeout=task_timeout(SETTINGS, "run_date"))
 def run_date(**context) -> str:
     """The date this run processes: params.ds, else the day before the run's logical date."""
     if context["params"].get("ds"):
@@ -46,7 +49,7 @@ def run_date(**context) -> str:
     return (moment.date() - dt.timedelta(days=1)).isoformat()
 
 
-@task
+@task(execution_timeout=task_timeout(SETTINGS, "extract"))
 def extract(day: str) -> dict:
     from pmg_tasks.extract import extract_clickstream
 
@@ -54,7 +57,7 @@ def extract(day: str) -> dict:
         return extract_clickstream(Settings(), day)
 
 
-@task
+@task(execution_timeout=task_timeout(SETTINGS, "validate"))
 def validate(day: str) -> dict:
     from pmg_tasks.validation.stage import BadDataError, validate_events
 
@@ -65,7 +68,7 @@ def validate(day: str) -> dict:
         raise fail_without_retry(error) from error
 
 
-@task
+@task(execution_timeout=task_timeout(SETTINGS, "histories"))
 def histories(day: str) -> dict:
     from pmg_tasks.histories import build_histories
 
@@ -73,14 +76,17 @@ def histories(day: str) -> dict:
         return build_histories(Settings(), day)
 
 
-@task
+@task(execution_timeout=task_timeout(SETTINGS, "keyword_shards"))
 def keyword_shards(day: str) -> list[int]:
     from pmg_tasks.keywords.stage import plan_keyword_shards
 
     return plan_keyword_shards(Settings(), day)
 
 
-@task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
+@task(
+    pool=LLM.pool, queue=LLM.queue, max_active_tis_per_dag=LLM.slots, execution_timeout=task_timeout(SETTINGS, "keywords"),
+    map_index_template="user shard {{ task.op_kwargs['shard_index'] }}",
+)
 def keywords(day: str, shard_index: int) -> dict:
     from pmg_tasks.campaigns import CampaignError
     from pmg_tasks.keywords.stage import extract_keyword_shard
@@ -92,7 +98,7 @@ def keywords(day: str, shard_index: int) -> dict:
         raise fail_without_retry(error) from error
 
 
-@task
+@task(execution_timeout=task_timeout(SETTINGS, "merge_keywords"))
 def merge_keywords(day: str) -> dict:
     from pmg_tasks.keywords.stage import merge_keywords
 
@@ -100,7 +106,7 @@ def merge_keywords(day: str) -> dict:
         return merge_keywords(Settings(), day)
 
 
-@task
+@task(execution_timeout=task_timeout(SETTINGS, "preference_tokens"))
 def preference_tokens(day: str) -> dict:
     from pmg_tasks.preferences.stage import update_preference_tokens
 
@@ -108,7 +114,10 @@ def preference_tokens(day: str) -> dict:
         return update_preference_tokens(Settings(), day)
 
 
-@task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue)
+@task(
+    pool=GPU.pool, queue=GPU.queue, max_active_tis_per_dag=GPU.slots,
+    execution_timeout=task_timeout(SETTINGS, "token_embeddings"),
+)
 def token_embeddings(day: str) -> dict:
     from pmg_tasks.tokens.stage import train_token_embeddings
 
@@ -116,7 +125,7 @@ def token_embeddings(day: str) -> dict:
         return train_token_embeddings(Settings(), day)
 
 
-@task
+@task(execution_timeout=task_timeout(SETTINGS, "plan"))
 def plan(day: str) -> list[int]:
     from pmg_tasks.plan import plan_generation
 
@@ -125,7 +134,9 @@ def plan(day: str) -> list[int]:
         return plan_generation(Settings(), day)
 
 
-@task(pool=SETTINGS.pools.llm, max_active_tis_per_dag=SETTINGS.pools.llm_slots)
+@task(
+    pool=LLM.pool, queue=LLM.queue, max_active_tis_per_dag=LLM.slots, execution_timeout=task_timeout(SETTINGS, "headlines"),
+)
 def headlines(day: str) -> dict:
     from pmg_tasks.headlines import write_headlines
 
@@ -133,7 +144,10 @@ def headlines(day: str) -> dict:
         return write_headlines(Settings(), day)
 
 
-@task(pool=SETTINGS.pools.gpu, queue=SETTINGS.pools.gpu_queue, max_active_tis_per_dag=SETTINGS.pools.gpu_slots)
+@task(
+    pool=GPU.pool, queue=GPU.queue, max_active_tis_per_dag=GPU.slots, execution_timeout=task_timeout(SETTINGS, "generate"),
+    map_index_template="generation shard {{ task.op_kwargs['shard_index'] }}",
+)
 def generate(day: str, shard_index: int) -> dict:
     from pmg_tasks.generate.shard import generate_shard
 

@@ -303,6 +303,30 @@ def _safety_summary(stats: dict) -> str:
     )
 
 
+def _validation_summary(stats: dict) -> str:
+    """What validation set aside that a data engineer must hear about even on a night that passed: exact
+    redeliveries, and events in the warehouse that no run's window will ever hold."""
+    validation = stats.get("validation")
+    if not validation:
+        return ""
+    parts = []
+    if validation.get("exact_duplicates"):
+        parts.append(
+            f"{validation['exact_duplicates']} exact copies of events (redeliveries) were quarantined"
+            + (" and not counted toward the bad-data threshold" if validation.get("exact_duplicates_exempt") else "")
+        )
+    outside = validation.get("events_outside_windows") or {}
+    if outside.get("total"):
+        parts.append(
+            f"the warehouse holds {outside['total']} events that no run will ever process: "
+            f"{outside['before_floor']} dated before {_e(outside['floor'][:10])}, {outside['after_ceiling']} after "
+            f"{_e(outside['ceiling'][:16].replace('T', ' '))} UTC, {outside['undated']} without a date"
+        )
+    elif outside:
+        parts.append("every event in the warehouse is dated within a plausible window")
+    return f"<p class='summary'>Validation: {'; '.join(parts)}.</p>" if parts else ""
+
+
 def render_report(
     ds: str, manifest: pd.DataFrame, stats: dict, inputs: ReportInputs | None = None,
     generations: pd.DataFrame | None = None,
@@ -324,7 +348,7 @@ def render_report(
         f"<p class='summary'>{_value(plan.get('requested_creatives'))} creatives requested for "
         f"{_value(plan.get('users'))} users from {_value(plan.get('generations'))} distinct generations"
         + (f" ({ratio:.1f} creatives per generation)" if _measured(ratio) else "") + ".</p>"
-        f"{_safety_summary(stats)}<div class='plots'>{plots}</div>{_skipped(inputs.skipped)}"
+        f"{_safety_summary(stats)}{_validation_summary(stats)}<div class='plots'>{plots}</div>{_skipped(inputs.skipped)}"
         f"{''.join(sections)}{_run_facts(manifest, inputs)}<h2>Stages</h2>{_stats_table(stats)}</body></html>"
     )
 

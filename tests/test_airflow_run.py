@@ -65,3 +65,30 @@ def test_pmg_run_fails_loudly_when_airflow_runs_nothing(seeded_settings, test_si
     err = capsys.readouterr().err
     assert "Airflow created the run but ran no task" in err
     assert "before the DAG's start_date 2026-01-01" in err and "2025-12-31" in err
+
+
+@pytest.mark.integration
+def test_pmg_pools_sets_the_slots_the_dag_caps_with(tmp_path):
+    """`pmg pools` in a migrated Airflow: both pools, sized from the settings, and again after a change."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path / "airflow"), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PMG_HOME": str(tmp_path / "pmg"), "PMG_POOLS__GPU_SLOTS": "3"}
+    subprocess.run([bin_dir / "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+
+    def pools() -> dict[str, int]:
+        listed = subprocess.run([bin_dir / "airflow", "pools", "list", "-o", "json"], env=env, check=True,
+                                capture_output=True, text=True).stdout
+        return {p["pool"]: int(p["slots"]) for p in json.loads(listed[listed.index("["):])}
+
+    result = subprocess.run([bin_dir / "pmg", "pools"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "pmg_gpu: 3 slots" in result.stdout
+    assert {k: v for k, v in pools().items() if k.startswith("pmg_")} == {"pmg_gpu": 3, "pmg_llm": 1}
+    env["PMG_POOLS__GPU_SLOTS"] = "8"
+    subprocess.run([bin_dir / "pmg", "pools"], env=env, check=True, capture_output=True)
+    assert pools()["pmg_gpu"] == 8

@@ -297,6 +297,13 @@ def request_signature(
     return hashlib.sha256(recipe.encode()).hexdigest()[:24]
 
 
+def shard_sizes(generations: int, generation: Generation) -> tuple[int, int]:
+    """(generations per shard, shards) for a night of `generations`: about `requests_per_shard` each,
+    never more than `max_shards` shards (so the map stays far below Airflow's max_map_length)."""
+    per_shard = max(generation.requests_per_shard, math.ceil(generations / generation.max_shards))
+    return per_shard, math.ceil(generations / per_shard)
+
+
 def write_shards(
     store: ObjectStore, ds: str, generations: pd.DataFrame, requests: pd.DataFrame, generation: Generation
 ) -> list[int]:
@@ -305,8 +312,7 @@ def write_shards(
     # A rerun may plan fewer shards: stale shard files and results must not linger. Records of shards that
     # remain stay: a generate task trusts only the rows whose request key still matches.
     store.delete_prefix(layout.run_key(ds, "shards/"))
-    per_shard = max(generation.requests_per_shard, math.ceil(len(generations) / generation.max_shards))
-    count = math.ceil(len(generations) / per_shard)
+    per_shard, count = shard_sizes(len(generations), generation)
     for key in store.list_keys(layout.run_key(ds, "generated/")):
         index = _shard_index(key)
         if index is None or index >= count:

@@ -54,7 +54,7 @@ def stack(tmp_path_factory, test_size_models):
     settings = Settings(home=home, models=test_size_models)
     seed_demo(settings, DS, users=60, items=40, days=7, overwrite_campaigns=True)
     write_campaigns(Path(settings.campaigns_file))
-    settings = settings.model_copy(update={"pools": settings.pools.model_copy(update={"task_retries": 0})})
+    settings = settings.model_copy(update={"retries": settings.retries.model_copy(update={"per_task": 0})})
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     passwords = home / "passwords.json"

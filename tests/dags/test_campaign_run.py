@@ -15,8 +15,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 def test_the_form_runs_one_campaign_with_its_changes_and_a_dry_run_draws_nothing(
     seeded_settings, test_size_models, run_date
 ):
-    pools = seeded_settings.pools.model_copy(update={"task_retries": 0})
-    settings = seeded_settings.model_copy(update={"models": test_size_models, "pools": pools})
+    retries = seeded_settings.retries.model_copy(update={"per_task": 0})
+    settings = seeded_settings.model_copy(update={"models": test_size_models, "retries": retries})
     store = open_store(settings)
 
     dry = {"campaign_id": "winter-classics", "ds": run_date, "dry_run": True}

@@ -47,7 +47,7 @@ def test_parsing_imports_no_heavy_library():
 def test_every_task_retries_and_the_dag_is_tagged(nightly):
     assert nightly.tags and "pmg" in nightly.tags
     for task in nightly.tasks:
-        assert task.retries == Settings().pools.task_retries >= 1, f"{task.task_id} has no retries"
+        assert task.retries == Settings().retries.per_task >= 1, f"{task.task_id} has no retries"
         assert task.execution_timeout is not None, f"{task.task_id} has no execution timeout"
 
 
@@ -100,3 +100,36 @@ def test_publish_links_to_the_run_report(dagbag):
     from pmg_tasks.dag_parts import report_url
 
     assert report_url("2026-11-20", "winter").endswith("/pmg/store/reports/ds=2026-11-20/index.html#campaign-winter")
+def test_gpu_tasks_are_capped_by_the_same_slots_the_pools_are_set_with(nightly):
+    from pmg_tasks.airflow_run import pool_specs
+
+    settings = Settings()
+    slots = {name: count for name, count, _ in pool_specs(settings)}
+    for task_id in ("token_embeddings", "generate"):
+        task = nightly.get_task(task_id)
+        assert task.max_active_tis_per_dag == slots[task.pool] == settings.pools.gpu_slots
+    for task_id in ("keywords", "headlines"):
+        task = nightly.get_task(task_id)
+        assert task.max_active_tis_per_dag == slots[task.pool] == settings.pools.llm_slots
+
+
+@pytest.mark.parametrize(
+    ("backend", "on_gpu"), [("catalog", False), ("openai", False), ("transformers", True), ("vllm", True)]
+)
+def test_llm_tasks_go_to_the_gpu_queue_when_their_backend_loads_a_model(monkeypatch, backend, on_gpu):
+    """A cluster's keyword and headline tasks follow the model: onto a GPU worker, in the GPU pool, when the
+    backend loads one into the task; on any worker, in the LLM pool, when there is none or it is served."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("PMG_KEYWORD_BACKEND", backend)
+    monkeypatch.setenv("PMG_POOLS__GPU_QUEUE", "gpu")
+    monkeypatch.setenv("PMG_POOLS__GPU_SLOTS", "3")
+    monkeypatch.setenv("PMG_POOLS__LLM_SLOTS", "2")
+    dag = DagBag(dag_folder=str(DAGS_FOLDER)).dags["pmg_nightly"]
+    expected = ("pmg_gpu", "gpu", 3) if on_gpu else ("pmg_llm", "default", 2)
+    for task_id in ("keywords", "headlines"):
+        task = dag.get_task(task_id)
+        assert (task.pool, task.queue, task.max_active_tis_per_dag) == expected, task_id
+    # Diffusion always runs on the GPU queue; everything else stays on the default one.
+    gpu_tasks = {"token_embeddings", "generate"} | ({"keywords", "headlines"} if on_gpu else set())
+    assert {t.task_id for t in dag.tasks if t.queue == "gpu"} == gpu_tasks
