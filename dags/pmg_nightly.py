@@ -1,40 +1,44 @@
 """pmg_nightly: last night's clickstream in, personalized creatives and their scores out.
 
-    extract -> validate -> histories -> keyword_shards -> keywords (one per user shard) -> merge_keywords
-      -> preference_tokens -> token_embeddings (GPU) ------------------------------.
-                           -> plan (one generation per segment x target) -> headlines -> generate (one task
-                              per shard, GPU) -> publish
+    campaigns -> extract -> validate -> histories -> keyword_shards -> keywords (one per user shard)
+      -> merge_keywords -> preference_tokens -> token_embeddings (GPU) ------------------------------.
+                                             -> plan (one generation per segment x target) -> headlines
+                                                -> generate (one task per shard, GPU) -> publish
+      -> per campaign with `review: required`: held_<id> -> review_<id> (a person approves) -> decide_<id>
 
+campaigns copies the campaigns in force into the run's folder; every later stage reads that copy, and a
+broken campaign is skipped and named (in the log and the report) instead of failing the night.
 preference_tokens waits for the keywords: it describes each token by the keywords of the users behind it,
 so a rerun must see the same keywords to write the same descriptors. token_embeddings (textual inversion of
 the tokens in use) and plan run side by side; generate needs both, and the headlines.
 
-Wiring only: every stage is a plain function in pmg_tasks, and heavy libraries load inside task bodies.
-A run triggered on day D processes day D - 1, the last complete one; `params.ds` reprocesses any date.
-Stages exchange files in the object store; XCom carries only dates, counts and keys.
+Wiring only: every stage is a plain function in pmg_tasks (its task in pmg_tasks/dag_parts.py), and heavy
+libraries load inside task bodies. A run triggered on day D processes day D - 1, the last complete one;
+`params.ds` reprocesses any date. Stages exchange files in the object store; XCom carries only dates, counts
+and keys.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Param, dag, task
 
+from pmg_tasks import dag_parts
+from pmg_tasks.dag_parts import CREATIVE_MANIFESTS
 from pmg_tasks.settings import Settings
-from pmg_tasks.watch.alerts import deadline_alert, task_timeout, watched_default_args
+from pmg_tasks.watch.alerts import deadline_alert, task_timeout
 
-SETTINGS = Settings()
+# The stage tasks take their pools, queues and timeouts from the settings when this file is parsed: a
+# parse in a process that parsed it before must see today's settings, as a fresh parsing process does.
+dag_parts = importlib.reload(dag_parts)
+
 SCHEDULE = "0 2 * * *"
-# Diffusion tasks go to the GPU queue and pool; LLM tasks follow when their backend loads a model.
-GPU, LLM = SETTINGS.placement("gpu"), SETTINGS.placement("llm")
-CREATIVE_MANIFESTS = Asset(name="pmg_creative_manifests")
 
-
-def _fail_without_retry(error: Exception):
-    """Bad data and bad campaign files do not fix themselves: fail now instead of retrying."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    return AirflowFailException(str(error))
+# Campaigns that require a review get a gate each (read when this file is parsed; a campaign held tonight
+# without a gate stays held until the file is parsed again and the night rerun).
+REVIEWED = dag_parts.review_campaign_ids()
 
 
 def _failed_shards(context, planned: list[int]) -> list[int]:
@@ -60,156 +64,47 @@ def _failed_shards(context, planned: list[int]) -> list[int]:
             "the missing requests (off: publish fails, naming the failed shards, and writes no _SUCCESS)",
         ),
     },
-    dagrun_timeout=dt.timedelta(hours=SETTINGS.watching.dagrun_timeout_h),
-    deadline=deadline_alert(SETTINGS, SCHEDULE),
-    default_args={
-        **watched_default_args(SETTINGS),
-        "owner": "data-engineering",
-        "retries": SETTINGS.retries.per_task,
-        "retry_delay": dt.timedelta(seconds=SETTINGS.retries.delay_s),
-        "retry_exponential_backoff": True,
-    },
+    dagrun_timeout=dt.timedelta(hours=dag_parts.SETTINGS.watching.dagrun_timeout_h),
+    deadline=deadline_alert(dag_parts.SETTINGS, SCHEDULE),
+    default_args=dag_parts.default_args("data-engineering"),
 )
 def pmg_nightly():
-    @task(execution_timeout=task_timeout(SETTINGS, "run_date"))
-    def run_date(**context) -> str:
-        """The date this run processes: params.ds, else the day before the run's logical date."""
-        if context["params"].get("ds"):
-            return dt.date.fromisoformat(context["params"]["ds"]).isoformat()
-        dag_run = context["dag_run"]
-        # Asset-triggered and manual runs may have no logical date; run_after always exists.
-        moment = dag_run.logical_date or dag_run.run_after
-        return (moment.date() - dt.timedelta(days=1)).isoformat()
+    @task(execution_timeout=task_timeout(dag_parts.SETTINGS, "campaigns"))
+    def campaigns(day: str) -> dict:
+        """The campaigns in force, copied into the run's folder; a broken campaign is named and skipped."""
+        from pmg_tasks.campaigns import snapshot_campaigns
 
-    @task(execution_timeout=task_timeout(SETTINGS, "extract"))
-    def extract(day: str) -> dict:
-        from pmg_tasks.extract import extract_clickstream
-
-        return extract_clickstream(Settings(), day)
-
-    @task(execution_timeout=task_timeout(SETTINGS, "validate"))
-    def validate(day: str) -> dict:
-        from pmg_tasks.validation.stage import BadDataError, validate_events
-
-        try:
-            return validate_events(Settings(), day)
-        except BadDataError as error:
-            raise _fail_without_retry(error) from error
-
-    @task(execution_timeout=task_timeout(SETTINGS, "histories"))
-    def histories(day: str) -> dict:
-        from pmg_tasks.histories import build_histories
-
-        return build_histories(Settings(), day)
-
-    @task(execution_timeout=task_timeout(SETTINGS, "keyword_shards"))
-    def keyword_shards(day: str) -> list[int]:
-        from pmg_tasks.keywords.stage import plan_keyword_shards
-
-        return plan_keyword_shards(Settings(), day)
-
-    @task(
-        pool=LLM.pool,
-        queue=LLM.queue,
-        max_active_tis_per_dag=LLM.slots,
-        execution_timeout=task_timeout(SETTINGS, "keywords"),
-        map_index_template="user shard {{ task.op_kwargs['shard_index'] }}",
-    )
-    def keywords(day: str, shard_index: int) -> dict:
-        from pmg_tasks.campaigns import CampaignError
-        from pmg_tasks.keywords.stage import extract_keyword_shard
-
-        try:
-            return extract_keyword_shard(Settings(), day, shard_index)
-        except CampaignError as error:
-            raise _fail_without_retry(error) from error
-
-    @task(execution_timeout=task_timeout(SETTINGS, "merge_keywords"))
-    def merge_keywords(day: str) -> dict:
-        from pmg_tasks.keywords.stage import merge_keywords
-
-        return merge_keywords(Settings(), day)
-
-    @task(execution_timeout=task_timeout(SETTINGS, "preference_tokens"))
-    def preference_tokens(day: str) -> dict:
-        from pmg_tasks.preferences.stage import update_preference_tokens
-
-        return update_preference_tokens(Settings(), day)
-
-    @task(
-        pool=GPU.pool,
-        queue=GPU.queue,
-        max_active_tis_per_dag=GPU.slots,
-        execution_timeout=task_timeout(SETTINGS, "token_embeddings"),
-    )
-    def token_embeddings(day: str) -> dict:
-        from pmg_tasks.tokens.stage import train_token_embeddings
-
-        return train_token_embeddings(Settings(), day)
-
-    @task(execution_timeout=task_timeout(SETTINGS, "plan"))
-    def plan(day: str) -> list[int]:
-        from pmg_tasks.campaigns import CampaignError
-        from pmg_tasks.plan import plan_generation
-
-        try:
-            return plan_generation(Settings(), day)
-        except CampaignError as error:
-            raise _fail_without_retry(error) from error
-
-    @task(
-        pool=LLM.pool,
-        queue=LLM.queue,
-        max_active_tis_per_dag=LLM.slots,
-        execution_timeout=task_timeout(SETTINGS, "headlines"),
-    )
-    def headlines(day: str) -> dict:
-        from pmg_tasks.headlines import write_headlines
-
-        return write_headlines(Settings(), day)
-
-    @task(
-        pool=GPU.pool,
-        queue=GPU.queue,
-        max_active_tis_per_dag=GPU.slots,
-        execution_timeout=task_timeout(SETTINGS, "generate"),
-        map_index_template="generation shard {{ task.op_kwargs['shard_index'] }}",
-    )
-    def generate(day: str, shard_index: int) -> dict:
-        from pmg_tasks.generate.shard import generate_shard
-
-        return generate_shard(Settings(), day, shard_index)
+        return snapshot_campaigns(Settings(), day)
 
     # all_done: publish also runs when generate shards failed, to fail naming them or (publish_partial) to
     # publish the rest. `planned` is the plan's own output, so a failed plan still stops it here.
-    @task(outlets=[CREATIVE_MANIFESTS], trigger_rule="all_done", execution_timeout=task_timeout(SETTINGS, "publish"))
+    @task(
+        outlets=[CREATIVE_MANIFESTS], trigger_rule="all_done",
+        execution_timeout=task_timeout(dag_parts.SETTINGS, "publish"),
+    )  # fmt: skip
     def publish(day: str, planned: list[int], **context) -> dict:
+        """Every campaign but those waiting for review; the report shows them all."""
         from pmg_tasks.publish import PublishError, asset_event_extra, publish_run
+        from pmg_tasks.review import held_campaigns
 
-        failed = _failed_shards(context, planned)
+        held = held_campaigns(Settings(), day)
+        partial, failed = bool(context["params"]["publish_partial"]), _failed_shards(context, planned)
         try:
-            published = publish_run(
-                Settings(), day, partial=bool(context["params"]["publish_partial"]), failed_shards=failed
-            )
+            published = publish_run(Settings(), day, held=held, partial=partial, failed_shards=failed)
         except PublishError as error:
-            raise _fail_without_retry(error) from error
+            raise dag_parts.fail_without_retry(error) from error
         # Consumers scheduled on the Asset learn from the event itself what changed and where it is.
         context["outlet_events"][CREATIVE_MANIFESTS].extra = asset_event_extra(published)
-        return published
+        return {**published, "held": held}
 
-    day = run_date()
-    extracted, validated, built = extract(day), validate(day), histories(day)
-    user_shards = keyword_shards(day)
-    user_keywords = keywords.partial(day=day).expand(shard_index=user_shards)
-    merged, tokens, shards = merge_keywords(day), preference_tokens(day), plan(day)
-    embeddings, titles = token_embeddings(day), headlines(day)
-    generated = generate.partial(day=day).expand(shard_index=shards)
-    published = publish(day, shards)
-
-    extracted >> validated >> built >> user_shards
-    user_keywords >> merged >> tokens >> [embeddings, shards]
+    day = dag_parts.run_date()
+    embeddings, shards = dag_parts.nightly_stages(day, campaigns(day))
+    titles = dag_parts.headlines(day)
+    generated = dag_parts.generate.partial(day=day).expand(shard_index=shards)
     shards >> titles
+    published = dag_parts.with_report_link(publish(day, shards))
     [embeddings, titles] >> generated >> published
+    dag_parts.review_gates(day, published, REVIEWED)
 
 
 pmg_nightly()

@@ -118,33 +118,34 @@ def logical_date_for(ds: str) -> str:
 
 
 def run_nightly_dag(
-    settings: Settings, ds: str, *, extra_env: Mapping[str, str] | None = None, conf: Mapping | None = None,
-    log_name: str = "",
+    settings: Settings, ds: str, dag_id: str = DAG_ID, *, extra_env: Mapping[str, str] | None = None,
+    conf: Mapping | None = None, log_name: str = "",
 ) -> NightlyRun:
-    """Run pmg_nightly for `ds` through Airflow and check what it ran. Raises NightlyRunError, with the
-    reason, when Airflow failed, or ran no task, or left a task short of success. `conf` sets DAG params
-    (`{"publish_partial": true}`); `log_name` names the log file of this run."""
+    """Run pmg_nightly (or another pmg DAG, with `conf` as its params, e.g. `{"publish_partial": true}`) for
+    `ds` through Airflow and check what it ran. Raises NightlyRunError, with the reason, when Airflow failed,
+    or ran no task, or left a task short of success (a task a dry run skips counts as done). `extra_env`
+    reaches the Airflow processes; `log_name` names the log file of this run."""
     dt.date.fromisoformat(ds)  # a bad date fails here, not inside Airflow
     env = prepare_airflow(settings, extra_env)
     log_dir = settings.home / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_dir / f"dags-test-{ds}{'-' + log_name if log_name else ''}.log"
+    log_file = log_dir / f"dags-test-{dag_id}-{ds}{'-' + log_name if log_name else ''}.log"
     conf_args = ("--conf", json.dumps(dict(conf))) if conf else ()
-    _airflow(env, "dags", "test", DAG_ID, logical_date_for(ds), *conf_args, log_file=log_file)
-    recorded = _recorded_run(env, logical_date_for(ds))
+    _airflow(env, "dags", "test", dag_id, logical_date_for(ds), *conf_args, log_file=log_file)
+    recorded = _recorded_run(env, logical_date_for(ds), dag_id)
     run = NightlyRun(
         ds=ds, log_file=log_file, run_id=recorded.get("run_id") or "", state=recorded.get("state") or "",
         task_states=recorded.get("task_states") or {}, asset_events=recorded.get("asset_events") or [],
     )
-    problem = run_problem(run, recorded.get("start_date"))
+    problem = run_problem(run, recorded.get("start_date"), dag_id)
     if problem:
         raise NightlyRunError(f"{problem}; log: {log_file}\n{_tail(log_file)}")
     return run
 
 
-def run_problem(run: NightlyRun, dag_start_date: str | None) -> str:
+def run_problem(run: NightlyRun, dag_start_date: str | None, dag_id: str = DAG_ID) -> str:
     """Why `run` is not a finished nightly run ('' when it is)."""
-    where = f"{DAG_ID} for ds={run.ds} (logical date {logical_date_for(run.ds)})"
+    where = f"{dag_id} for ds={run.ds} (logical date {logical_date_for(run.ds)})"
     if not run.run_id:
         return f"Airflow recorded no run of {where}"
     if not run.task_states:
@@ -163,11 +164,11 @@ def run_problem(run: NightlyRun, dag_start_date: str | None) -> str:
     return ""
 
 
-def _recorded_run(env: dict[str, str], logical_date: str) -> dict:
+def _recorded_run(env: dict[str, str], logical_date: str, dag_id: str = DAG_ID) -> dict:
     """The latest run of the DAG at `logical_date`, as the metadata database has it (a child process, so
     Airflow reads the environment this run used)."""
     result = subprocess.run(
-        [sys.executable, "-m", "pmg_tasks.airflow_run", DAG_ID, logical_date],
+        [sys.executable, "-m", "pmg_tasks.airflow_run", dag_id, logical_date],
         env=env, capture_output=True, text=True,
     )
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]

@@ -4,6 +4,8 @@
     pmg demo run                        seed, build test-size models, run the nightly DAG, print outputs
     pmg demo seed                       seed the embedded warehouse and a campaigns file
     pmg models build-test-size --out D  tiny random models for every role, saved with save_pretrained
+    pmg campaigns validate [PATH]       every problem of every campaign file, with the file, field and fix
+    pmg campaigns list --ds DATE        the night's campaigns: users each reaches, distinct generations
     pmg settings                        the effective settings, as PMG_* variables
     pmg doctor                          check warehouse, store, models, Airflow pools and queues, campaigns
     pmg plan --estimate --ds DATE [--gpus N]  what a night will cost (users, generations, shards, GPU-hours)
@@ -32,8 +34,9 @@ def _yesterday() -> str:
 
 
 def seed_demo(settings: Settings, ds: str, users: int, items: int, days: int, overwrite_campaigns: bool) -> dict:
-    """Seed the warehouse with a synthetic shop whose last day is `ds`; write campaigns if absent."""
-    from pmg_tasks.demo.seed import demo_campaigns_yaml, make_shop, seed_warehouse, write_item_images
+    """Seed the warehouse with a synthetic shop whose last day is `ds`; write the demo's campaign files into
+    the campaigns folder if it has none."""
+    from pmg_tasks.demo.seed import demo_campaign_files, make_shop, seed_warehouse, write_item_images
     from pmg_tasks.store import open_store
     from pmg_tasks.warehouse import connect
 
@@ -44,9 +47,15 @@ def seed_demo(settings: Settings, ds: str, users: int, items: int, days: int, ov
     with connect(settings) as warehouse:
         counts = seed_warehouse(warehouse, shop)
     campaigns = Path(settings.campaigns_file)
-    if overwrite_campaigns or not campaigns.exists():
-        campaigns.parent.mkdir(parents=True, exist_ok=True)
-        campaigns.write_text(demo_campaigns_yaml(shop, last_day))
+    if campaigns.is_file():
+        # The older layout, one file of campaigns: the demo leaves it to its owner.
+        if overwrite_campaigns:
+            raise SystemExit(f"pmg demo: {campaigns} is a campaigns file, not a folder: move it away first")
+        return {**counts, "campaigns_file": str(campaigns)}
+    if overwrite_campaigns or not any(campaigns.glob("*.y*ml")):
+        campaigns.mkdir(parents=True, exist_ok=True)
+        for name, text in demo_campaign_files(shop, last_day).items():
+            (campaigns / name).write_text(text)
     return {**counts, "campaigns_file": str(campaigns)}
 
 
@@ -96,7 +105,7 @@ def demo_run(args: argparse.Namespace) -> int:
 def nightly_run(args: argparse.Namespace) -> int:
     """`pmg run`: the nightly DAG through Airflow on the configured warehouse, store and models."""
     from pmg_tasks.airflow_run import NightlyRunError, run_nightly_dag
-    from pmg_tasks.campaigns import CampaignError, load_campaigns
+    from pmg_tasks.campaigns import read_campaigns
 
     settings = Settings()
     if args.campaigns:
@@ -112,11 +121,14 @@ def nightly_run(args: argparse.Namespace) -> int:
               f"{'it' if len(missing) == 1 else 'them'} at local model folders (or make test-size ones with "
               "`pmg models build-test-size --out DIR`, which prints the settings)", file=sys.stderr)
         return 2
-    try:
-        load_campaigns(settings.campaigns_file)
-    except CampaignError as error:
-        print(f"pmg run: {error} (or pass --campaigns PATH)", file=sys.stderr)
+    found = read_campaigns(settings.campaigns_file, settings.campaign_limits)
+    if not found.campaigns:
+        problems = "; ".join(str(p) for p in found.problems) or "no campaign file"
+        print(f"pmg run: no valid campaign in {settings.campaigns_file}: {problems} (or pass --campaigns PATH)",
+              file=sys.stderr)  # fmt: skip
         return 2
+    for problem in found.problems:
+        print(f"pmg run: skipping a broken campaign: {problem}", file=sys.stderr)
     print(f"running pmg_nightly for {args.ds} through Airflow on {settings.store_root}...")
     try:
         run = run_nightly_dag(settings, args.ds)
@@ -254,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "nothing or a task does not succeed.",
     )
     run.add_argument("--ds", required=True, help="the date to process, YYYY-MM-DD")
-    run.add_argument("--campaigns", type=Path, help="the campaigns file (default: PMG_CAMPAIGNS_FILE)")
+    run.add_argument("--campaigns", type=Path, help="the campaigns folder or file (default: PMG_CAMPAIGNS_FILE)")
 
     demo = commands.add_parser("demo", help="the embedded demo").add_subparsers(dest="demo_command", required=True)
     for name, helptext in (("run", "seed, then run the nightly DAG end to end"), ("seed", "seed only")):
@@ -314,9 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     preferences.add_argument("--max-epochs", type=int, default=MAX_EPOCHS, help="early stopping ends most sooner")
     preferences.add_argument("--out", type=Path, help="also write the report as JSON")
 
+    from pmg_tasks.campaign_commands import add_campaign_commands
     from pmg_tasks.importers.cli import add_import_commands
 
     add_import_commands(commands)
+    add_campaign_commands(commands)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -341,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(seeded)
         return 0
+    if args.command == "campaigns":
+        from pmg_tasks.campaign_commands import run_campaigns_command
+
+        return run_campaigns_command(args)
     if args.command == "import":
         from pmg_tasks.importers.cli import run_import
 

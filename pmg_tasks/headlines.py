@@ -40,11 +40,11 @@ HEADLINE_SYSTEM = (
 
 def write_headlines(settings: Settings, ds: str) -> dict:
     """Write a headline for every generation request of `ds`; return counts for XCom."""
-    from pmg_tasks.campaigns import active_campaigns
+    from pmg_tasks.campaigns import campaigns_for_run
 
     store = open_store(settings)
     generations = read_frame(store, layout.run_key(ds, "generations.parquet"))
-    denied = {c.campaign_id: c.denied for c in active_campaigns(settings.campaigns_file, ds)}
+    denied = {c.campaign_id: c.denied for c in campaigns_for_run(settings, ds, store).active(ds)}
     chars = settings.generation.headline_chars
     rows = generations.to_dict("records")
     counts: Counter[str] = Counter(requests=len(rows))

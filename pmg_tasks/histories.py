@@ -81,7 +81,9 @@ def rank_engagements(events: pd.DataFrame) -> pd.DataFrame:
 
 def build_histories(settings: Settings, ds: str) -> dict:
     """Write `histories.parquet`: user_id, history_text, item_ids, categories, history_hash,
-    n_events, engagement. One row per user with at least one valid event in the window."""
+    n_events, engagement, last_event_date. One row per user with at least one valid event in the window."""
+    import pandas as pd
+
     store = open_store(settings)
     events = read_frame(store, run_key(ds, "events_valid.parquet"))
     items = read_frame(store, run_key(ds, "items.parquet")).set_index("item_id")
@@ -96,7 +98,9 @@ def build_histories(settings: Settings, ds: str) -> dict:
             f"{ds}; check the extraction window and the validation report"
         )
     ranked = rank_engagements(events)
-    totals = ranked.groupby("user_id").agg(n_events=("events", "sum"), engagement=("weight", "sum"))
+    totals = ranked.groupby("user_id").agg(
+        n_events=("events", "sum"), engagement=("weight", "sum"), last_event=("last_ts", "max")
+    )
     top = ranked[ranked["rank"] <= settings.history_length].join(items, on="item_id")
     # Each item is rendered once, however many histories it appears in.
     rendered = {
@@ -119,9 +123,10 @@ def build_histories(settings: Settings, ds: str) -> dict:
                 "history_hash": hashlib.sha256(text.encode()).hexdigest()[:16],
                 "n_events": int(totals.at[user_id, "n_events"]),
                 "engagement": int(totals.at[user_id, "engagement"]),
+                # The day of the user's latest event: what a campaign's audience.recency_days compares.
+                "last_event_date": str(pd.Timestamp(totals.at[user_id, "last_event"]).date()),
             }
         )
-    import pandas as pd
 
     histories = pd.DataFrame(rows)
     key = write_table(store, run_key(ds, "histories.parquet"), histories)

@@ -114,3 +114,8 @@ def shard_record_prefix(ds: str, index: int) -> str:
 
 def shard_record_part_key(ds: str, index: int, part: int) -> str:
     return f"{shard_record_prefix(ds, index)}part-{part:05d}.parquet"
+
+
+def review_key(ds: str, campaign_id: str) -> str:
+    """A reviewer's decision on a campaign held for review: approved or rejected, by whom, with the comment."""
+    return run_key(ds, f"review/{campaign_id}.json")

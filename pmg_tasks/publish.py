@@ -12,7 +12,7 @@ pyarrow, DuckDB, Spark) adds it when reading the root, and Spark refuses a colum
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 from pmg_tasks import manifest as manifest_schema
@@ -27,8 +27,16 @@ from pmg_tasks.layout import (
     shard_result_key,
     success_key,
 )
-from pmg_tasks.report import render_report
-from pmg_tasks.store import ObjectStore, open_store, read_frame, read_json, write_json, write_table
+from pmg_tasks.report import write_report
+from pmg_tasks.store import (
+    ObjectStore,
+    open_store,
+    read_frame,
+    read_json,
+    read_table,
+    write_json,
+    write_table,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,8 +92,15 @@ def assemble_manifest(
     return manifest[MANIFEST_COLUMNS]
 
 
-def publish_run(settings: Settings, ds: str, *, partial: bool = False, failed_shards: Sequence[int] = ()) -> dict:
+def publish_run(
+    settings: Settings, ds: str, campaigns: Collection[str] | None = None, held: Collection[str] = (), *,
+    partial: bool = False, failed_shards: Sequence[int] = (),
+) -> dict:
     """Write the manifests, the report and `_SUCCESS`; return where they are and what they hold.
+
+    `campaigns` publishes only those (an approved campaign, or a run of one campaign); `held` publishes all
+    but those (campaigns waiting for review). Either way the other campaigns' manifests of the date stay as
+    they are, and the report shows every planned campaign with its state.
 
     A shard without a result (or named in `failed_shards`: its generate task failed in this run) stops the
     publish, naming the shards, unless `partial`: then what exists is published, and each manifest and
@@ -100,16 +115,27 @@ def publish_run(settings: Settings, ds: str, *, partial: bool = False, failed_sh
     generated, missing_shards = _generated(store, ds, set(failed_shards), partial)
     absent = _requests_of_shards(store, ds, missing_shards)
     missing = requests[requests["signature"].isin(absent)]
-    manifest = assemble_manifest(requests[~requests["signature"].isin(absent)], generations, headlines, generated, store)
+    planned = assemble_manifest(requests[~requests["signature"].isin(absent)], generations, headlines, generated, store)
+    in_scope = _in_scope(campaigns, held)
+    manifest = planned[planned["campaign_id"].map(in_scope)].reset_index(drop=True)
+    missing = missing[missing["campaign_id"].map(in_scope)]
 
-    manifests, tables = _write_manifests(store, ds, manifest, missing, sorted(set(requests["campaign_id"])))
+    tonight = [c for c in sorted(set(requests["campaign_id"])) if in_scope(c)]
+    manifests, tables = _write_manifests(store, ds, manifest, missing, tonight, in_scope)
     # Only now, with the new manifests in place: images no manifest names any more (another model version,
     # a dropped campaign) go, before the marker says the date is complete. Those a missing shard recorded
-    # stay: its retried task trusts its record and would not draw them again.
-    keep = set(manifest["image_key"]) | _recorded_images(store, ds, missing_shards)
+    # stay (its retried task trusts its record and would not draw them again), and so do those of held
+    # campaigns and of manifests this call leaves alone.
+    kept = [key for campaign, key in manifests.items() if campaign not in tonight]
+    keep = (
+        set(planned["image_key"]) | _recorded_images(store, ds, missing_shards)
+        | {k for key in kept for k in read_table(store, key).column("image_key").to_pylist() if k}
+    )
     removed = _remove_unreferenced_creatives(store, ds, keep)
     counts = {
         "rows": len(manifest),
+        # Every campaign published for the date so far: this call's, and those an earlier call published.
+        "published_rows": len(manifest) + sum(read_table(store, key).num_rows for key in kept),
         "campaigns": sorted(manifests),
         "creatives": int(manifest["creative_id"].nunique()),
         "users": int(manifest["user_id"].nunique()),
@@ -118,10 +144,11 @@ def publish_run(settings: Settings, ds: str, *, partial: bool = False, failed_sh
         "removed_creatives": removed,
     }
     if settings.publishing.warehouse_table:
-        counts["warehouse_rows"] = _upsert_warehouse(settings, ds, tables)
+        # The table holds the date's published rows: this call's and those of manifests it left alone.
+        counts["warehouse_rows"] = _upsert_warehouse(settings, ds, tables + [read_table(store, key) for key in kept])
     stats = _collect_stats(store, ds)
     stats["manifest"] = {**counts, "safety": safety_counts(generated)}
-    store.put_bytes(report_key(ds), render_report(ds, manifest, stats).encode())
+    write_report(settings, store, ds, planned, stats, published=sorted(manifests))
     write_json(store, run_key(ds, "stats/publish.json"), stats["manifest"])
 
     # Last: the marker that says everything above is complete (or, partial, exactly what it lacks).
@@ -172,11 +199,18 @@ def _upsert_warehouse(settings: Settings, ds: str, tables: list) -> int:
         return upsert_creatives(warehouse, ds, pa.concat_tables(tables) if tables else manifest_schema.schema().empty_table())
 
 
+def _in_scope(campaigns: Collection[str] | None, held: Collection[str]):
+    """Whether a campaign is this call's to publish: one of `campaigns` if given, and not `held`."""
+    chosen, waiting = (None if campaigns is None else set(campaigns)), set(held)
+    return lambda campaign: (chosen is None or campaign in chosen) and campaign not in waiting
+
+
 def _write_manifests(
-    store: ObjectStore, ds: str, manifest: pd.DataFrame, missing: pd.DataFrame, campaigns: list[str]
+    store: ObjectStore, ds: str, manifest: pd.DataFrame, missing: pd.DataFrame, campaigns: list[str], in_scope,
 ) -> tuple[dict[str, str], list]:
-    """One manifest per planned campaign (empty where all its requests are missing); a campaign dropped since
-    the last attempt at this date loses its old one. Returns campaign -> key, and the tables written."""
+    """One manifest per campaign of `campaigns` (empty where all its requests are missing); a campaign in
+    scope but dropped since the last attempt at this date loses its old one, and manifests out of scope stay.
+    Returns campaign -> key (kept ones included), and the tables written."""
     manifests, tables = {}, []
     for campaign_id in campaigns:
         rows = manifest[manifest["campaign_id"] == campaign_id]
@@ -186,8 +220,16 @@ def _write_manifests(
         tables.append(table)
     for key in store.list_keys(f"manifests/ds={ds}/"):
         if key.endswith("manifest.parquet") and key not in manifests.values():
-            store.delete_prefix(key)
-    return manifests, tables
+            if in_scope(_campaign_of(key)):
+                store.delete_prefix(key)
+            else:
+                manifests[_campaign_of(key)] = key
+    return dict(sorted(manifests.items())), tables
+
+
+def _campaign_of(key: str) -> str:
+    """The campaign id of a manifest key (layout.manifest_key)."""
+    return key.split("/campaign=", 1)[1].split("/", 1)[0]
 
 
 def _remove_unreferenced_creatives(store: ObjectStore, ds: str, referenced: set[str]) -> int:

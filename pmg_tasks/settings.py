@@ -102,6 +102,22 @@ class Safety(BaseModel):
     min_score: float = Field(0.5, ge=0.0, le=1.0, description="a detection at or above this flags the image")
 
 
+class CampaignLimits(BaseModel):
+    """What a campaign may ask of the GPU: its own image size and steps stay within these (docs/campaigns.md)."""
+
+    max_image_size: int = Field(128, ge=8, description="largest image_size a campaign may set")
+    max_inference_steps: int = Field(10, ge=1, description="most inference_steps a campaign may set")
+
+
+class Report(BaseModel):
+    """The run report (pmg_tasks/report.py)."""
+
+    # relative: links beside the page, which work in a folder, a public bucket and through the gallery;
+    # presigned: signed URLs, for a page opened straight from a private bucket (they expire).
+    image_links: Literal["relative", "presigned"] = "relative"
+    presign_seconds: int = Field(7 * 24 * 3600, ge=60, le=7 * 24 * 3600, description="life of a pre-signed link")
+
+
 class TokenEmbeddings(BaseModel):
     """How preference tokens become words the diffusion text encoder knows (textual inversion; see
     docs/generation.md). Bounded per token, so a night's cost grows with the tokens in use, not the users."""
@@ -310,6 +326,7 @@ PROFILES: dict[str, dict[str, dict[str, object]]] = {
             "batch_size": 16, "requests_per_shard": 2048, "checkpoint_requests": 32,
         },
         "token_embeddings": {"steps_per_token": 200, "images_per_token": 16, "batch_size": 16},
+        "campaign_limits": {"max_image_size": 1024, "max_inference_steps": 60},
     },
 }  # fmt: skip
 Profile = Literal["test", "production"]
@@ -325,7 +342,9 @@ class Settings(BaseSettings):
     warehouse_conn_id: str = Field("", description="an Airflow connection id; wins over warehouse_url in tasks")
     store_root: str = Field("", description="local folder or s3://bucket/prefix; default: home/store")
     s3_endpoint_url: str = Field("", description="S3 API endpoint outside Airflow; empty means AWS itself")
-    campaigns_file: str = Field("", description="YAML of campaigns; default: home/campaigns.yaml")
+    campaigns_file: str = Field(
+        "", description="folder of campaign files (one <id>.yaml each), or one YAML of `campaigns:`; default: home/campaigns"
+    )
 
     models: ModelPaths = ModelPaths()
     pools: Pools = Pools()
@@ -335,6 +354,8 @@ class Settings(BaseSettings):
     generation: Generation = Generation()
     token_embeddings: TokenEmbeddings = TokenEmbeddings()
     safety: Safety = Safety()
+    campaign_limits: CampaignLimits = CampaignLimits()
+    report: Report = Report()
     keywords: Keywords = Keywords()
     s3: S3 = S3()
     publishing: Publishing = Publishing()
@@ -379,7 +400,7 @@ class Settings(BaseSettings):
         if not self.store_root:
             self.store_root = str(home / "store")
         if not self.campaigns_file:
-            self.campaigns_file = str(home / "campaigns.yaml")
+            self.campaigns_file = str(home / "campaigns")
         return self
 
     @property

@@ -12,7 +12,7 @@ import pytest
 from pmg_tasks.layout import manifest_key, report_key, run_key, shard_result_key, success_key
 from pmg_tasks.publish import MANIFEST_COLUMNS, publish_run
 from pmg_tasks.settings import Settings
-from pmg_tasks.store import open_store, read_frame, read_json, write_table
+from pmg_tasks.store import open_store, read_frame, read_json, write_json, write_table
 from tests.conftest import DS
 from tests.pipeline import run_stages_until
 
@@ -298,3 +298,77 @@ def test_the_asset_event_says_what_was_published(generated):
     import json
 
     json.dumps(extra)  # an event's extra must be plain JSON
+
+
+def test_the_report_is_one_page_with_a_summary_plots_a_capped_grid_and_the_run(generated):
+    import base64
+    import re
+
+    from pmg_tasks.report import BEST, MAX_FIGURES, WORST
+    from pmg_tasks.stage_times import wall_time_key
+
+    store = open_store(generated)
+    write_json(store, wall_time_key(DS, "generate", 0), {"seconds": 2.0})
+    write_json(store, wall_time_key(DS, "generate", 1), {"seconds": 3.0})
+    publish_run(generated, DS)
+    page = store.get_bytes(report_key(DS)).decode()
+    manifest = manifests(generated)
+    validation = read_json(store, run_key(DS, "validation.json"))
+    # The summary strip.
+    for figure, label in ((validation["extracted"], "events in"), (len(manifest), "creatives published"),
+                          ("5.0 s", "generate wall time (2 tasks, longest 3.0 s)")):
+        assert re.search(f"<b>{figure}</b><span>{re.escape(label)}", page), label
+    assert "keyword cache hit rate" in page and "requested creatives / distinct generations" in page
+    # Plots drawn by matplotlib, inline: per campaign and for the run.
+    plots = re.findall(r"src='data:image/svg\+xml;base64,([^']+)' alt='([^']+)'", page)
+    titles = {alt for _, alt in plots}
+    assert {"quarantined events by rule", "generations per segment", "score distributions of winter-classics",
+            "score distributions of sci-fi-weekend"} <= titles
+    assert all(b"<svg" in base64.b64decode(data) for data, _ in plots)
+    # Per campaign: a grid of at most MAX_FIGURES, best z first, images linked beside the page.
+    for campaign_id, rows in manifest.groupby("campaign_id"):
+        section = page.split(f"id='campaign-{campaign_id}'")[1].split("</section>")[0]
+        zs = [float(z) for z in re.findall(r"data-z='([-0-9.]+)'", section)]
+        assert 0 < len(zs) <= min(MAX_FIGURES, rows["creative_id"].nunique())
+        assert zs[0] == pytest.approx(rows["z"].max(), abs=1e-4)
+        assert f"href='../../manifests/ds={DS}/campaign={campaign_id}/manifest.parquet'" in section
+        for key in re.findall(r"<img src='\.\./\.\./([^']+)'", section):
+            assert store.exists(key)
+        assert "tokens: &lt;pref_" in section and "keywords: " in section
+    assert BEST + WORST < MAX_FIGURES
+    assert "settings profile: <b>test</b>" in page and "diffusion: diffusion-" in page
+
+
+def test_the_grid_shows_the_best_the_worst_and_a_sample_when_a_campaign_is_large():
+    from pmg_tasks.report import BEST, SAMPLE, WORST, pick_creatives
+
+    creatives = pd.DataFrame({"z": np.linspace(0, -1, 100), "creative_id": [f"c{i:03d}" for i in range(100)]})
+    picked = pick_creatives(creatives, "big")
+    whys = [why for why, _ in picked]
+    assert whys.count("best") == BEST and whys.count("worst") == WORST and whys.count("sample") == SAMPLE
+    ids = [row.creative_id for _, row in picked]
+    assert ids[:BEST] == [f"c{i:03d}" for i in range(BEST)] and ids[-1] == "c099"
+    assert len(set(ids)) == len(ids)
+
+
+def test_held_and_skipped_campaigns_are_on_the_page_but_not_published(generated):
+    from pmg_tasks.layout import review_key
+
+    store = open_store(generated)
+    plan = read_json(store, run_key(DS, "stats/plan.json"))
+    plan["skipped_campaigns"] = [{"file": "spring.yaml", "campaign_id": "spring", "field": "target_items",
+                                  "message": "targets items not in the catalog: ['m-nope']", "fix": "fix it"}]
+    write_json(store, run_key(DS, "stats/plan.json"), plan)
+    publish_run(generated, DS, held=["sci-fi-weekend"])
+    page = store.get_bytes(report_key(DS)).decode()
+    assert not store.exists(manifest_key(DS, "sci-fi-weekend")) and store.exists(manifest_key(DS, "winter-classics"))
+    section = page.split("id='campaign-sci-fi-weekend'")[1].split("</section>")[0]
+    assert "class='state held'" in section and "full manifest" not in section and "<figure" in section
+    assert "spring.yaml: campaign spring: target_items: targets items not in the catalog" in page.replace("&#x27;", "'")
+    write_json(store, review_key(DS, "sci-fi-weekend"), {"state": "rejected", "reviewer": "ana", "comment": "off brand"})
+    publish_run(generated, DS, campaigns=[])
+    page = store.get_bytes(report_key(DS)).decode()
+    assert "class='state rejected'>rejected</span> by ana: off brand" in page
+    winter = page.split("id='campaign-winter-classics'")[1].split("</section>")[0]
+    assert "class='state'>published" in winter and "full manifest" in winter
+    assert store.exists(manifest_key(DS, "winter-classics")) and not store.exists(manifest_key(DS, "sci-fi-weekend"))

@@ -10,7 +10,7 @@ def test_defaults_are_embedded_and_rooted_in_home(tmp_path):
     settings = Settings(home=tmp_path)
     assert settings.warehouse_url == f"duckdb:///{tmp_path / 'warehouse.duckdb'}"
     assert settings.store_root == str(tmp_path / "store")
-    assert settings.campaigns_file == str(tmp_path / "campaigns.yaml")
+    assert settings.campaigns_file == str(tmp_path / "campaigns")
 
 
 def test_environment_variables_with_nested_fields(monkeypatch, tmp_path):

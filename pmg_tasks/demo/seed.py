@@ -222,35 +222,40 @@ def make_shop(n_users: int, n_items: int, last_day: dt.date, days: int, seed: in
     return SyntheticShop(items=items, users=users, events=events)
 
 
-def demo_campaigns_yaml(shop: SyntheticShop, last_day: dt.date) -> str:
-    """Two campaigns over the most viewed items, active around the seeded days."""
+def demo_campaign_files(shop: SyntheticShop, last_day: dt.date) -> dict[str, str]:
+    """Two campaign files (name -> YAML) over the most viewed items, active around the seeded days."""
     popular = shop.events["item_id"].value_counts().index
     popular = [i for i in popular if i in set(shop.items["item_id"])]
     start, end = last_day - dt.timedelta(days=30), last_day + dt.timedelta(days=30)
-    return f"""\
-# Campaigns marketing ops schedule. Fields: see pmg_tasks/campaigns.py.
-campaigns:
-  - campaign_id: winter-classics
-    name: Winter classics
-    start_date: {start}
-    end_date: {end}
-    target_items: [{popular[0]}, {popular[1]}]
-    audience: {{max_users: 12}}
-    variants: 1
-    alpha: 0.6
-    style: cinematic poster
-    denylist: [gore, violence]
-  - campaign_id: sci-fi-weekend
-    name: Sci-fi weekend
-    start_date: {start}
-    end_date: {end}
-    target_items: [{popular[2]}]
-    audience: {{categories: [Sci-Fi, Action], max_users: 8}}
-    variants: 2
-    candidates: 3
-    alpha: 0.4
-    style: neon, retro-futurist
-"""
+    header = "# A campaign marketing ops schedule; the file name is its id. Fields: docs/campaigns.md.\n"
+    return {
+        "winter-classics.yaml": header + f"""\
+name: Winter classics
+start_date: {start}
+end_date: {end}
+target_items: [{popular[0]}, {popular[1]}]
+audience: {{max_users: 12}}
+variants: 1
+alpha: 0.6
+style: cinematic poster
+denylist: [gore, violence]
+priority: 10
+review: none
+""",
+        "sci-fi-weekend.yaml": header + f"""\
+name: Sci-fi weekend
+start_date: {start}
+end_date: {end}
+target_items: [{popular[2]}]
+audience: {{categories: [Sci-Fi, Action], max_users: 8}}
+variants: 2
+candidates: 3
+alpha: 0.4
+style: neon, retro-futurist
+priority: 5
+review: none
+""",
+    }
 
 
 def seed_warehouse(warehouse, shop: SyntheticShop) -> dict[str, int]:

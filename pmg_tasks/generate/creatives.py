@@ -16,6 +16,7 @@ The Airflow shard (shard.py) wraps it with store I/O, naming and resume.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -55,6 +56,9 @@ class GenerationRequest:
     variants: int
     # The target item's catalog image in the store, where d_t compares with it; "" for none.
     target_image_key: str = ""
+    # The campaign's own image size and steps; 0: the settings' (Generation.image_size, inference_steps).
+    image_size: int = 0
+    inference_steps: int = 0
 
     def __post_init__(self):
         if not 1 <= self.variants <= self.candidates:
@@ -180,11 +184,14 @@ class PersonalizedCreatives:
         with ThreadPoolExecutor(1, thread_name_prefix="pmg-choose") as chooser:
             while start < len(queue):
                 batch = queue[start : start + batch_size]
+                # One forward pass draws one size with one number of steps: a batch ends where they change.
+                pixels = self.pixels(batch[0][0])
+                batch = list(itertools.takewhile(lambda pair, wanted=pixels: self.pixels(pair[0]) == wanted, batch))
                 try:
                     images, flags = self.render([(r.prompt, r.negative_prompt) for r, _ in batch],
-                                                [s for _, s in batch], embedded_prompts)  # fmt: skip
+                                                [s for _, s in batch], embedded_prompts, *pixels)  # fmt: skip
                 except torch.OutOfMemoryError as error:
-                    batch_size = smaller_batch(error, batch_size, self.generation.image_size)
+                    batch_size = smaller_batch(error, batch_size, pixels[0])
                     continue
                 rows = self.scorer.image_embeddings(images)
                 for (request, _), image, row, flag in zip(batch, images, rows, flags, strict=True):
@@ -221,8 +228,14 @@ class PersonalizedCreatives:
         """One image per (prompt, negative prompt) and seed, in one batch (see `render`)."""
         return self.render(prompts, seeds, cache)[0]
 
+    def pixels(self, request: GenerationRequest) -> tuple[int, int]:
+        """The (image size, inference steps) a request is drawn with: its campaign's, else the settings'."""
+        return (request.image_size or self.generation.image_size,
+                request.inference_steps or self.generation.inference_steps)  # fmt: skip
+
     def render(
-        self, prompts: Sequence[tuple[str, str]], seeds: Sequence[int], cache: dict | None = None
+        self, prompts: Sequence[tuple[str, str]], seeds: Sequence[int], cache: dict | None = None,
+        size: int = 0, steps: int = 0,
     ) -> tuple[list[Image], list[bool]]:
         """One image per (prompt, negative prompt) and seed, in one batch, and whether the pipeline's own
         safety checker flagged each (never, for a model without one). Each distinct prompt is encoded once
@@ -239,13 +252,13 @@ class PersonalizedCreatives:
         prompt_embeds = torch.stack([cache[p][0] for p in prompts])
         negative_embeds = None if cache[prompts[0]][1] is None else torch.stack([cache[p][1] for p in prompts])
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-        size = self.generation.image_size
+        size = size or self.generation.image_size
         with torch.inference_mode():
             output = self.pipeline(
                 prompt_embeds=prompt_embeds,
                 negative_prompt_embeds=negative_embeds,
                 generator=generators,
-                num_inference_steps=self.generation.inference_steps,
+                num_inference_steps=steps or self.generation.inference_steps,
                 guidance_scale=self.generation.guidance_scale,
                 height=size,
                 width=size,

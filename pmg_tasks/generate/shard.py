@@ -177,6 +177,10 @@ def release_worker_models() -> None:
 def read_requests(store: ObjectStore, key: str, headlines: dict[str, str]) -> list[GenerationRequest]:
     """The generation requests of the shard table at `key`, checked, each with its headline."""
     frame = read_frame(store, key)
+    # A plan from before campaigns set their own size and steps has neither column: the settings' apply.
+    for column in ("image_size", "inference_steps"):
+        if column not in frame.columns:
+            frame[column] = 0
     wanted = [c for c in REQUEST_COLUMNS if c != "headline"]
     missing = [column for column in wanted if column not in frame.columns]
     if missing:
@@ -195,6 +199,7 @@ def read_requests(store: ObjectStore, key: str, headlines: dict[str, str]) -> li
             headline=headlines[row["signature"]], alpha=float(row["alpha"]),
             consistency_weight=float(row["consistency_weight"]), candidates=int(row["candidates"]),
             variants=int(row["variants"]), target_image_key=str(row["target_image_key"] or ""),
+            image_size=int(row["image_size"]), inference_steps=int(row["inference_steps"]),
         )  # fmt: skip
         for row in frame[wanted].to_dict("records")
     ]

@@ -87,7 +87,7 @@ def extract_keyword_shard(settings: Settings, ds: str, index: int, generator: Te
     )
     campaigns = _active_campaigns(settings, ds)
     denylist = sorted({word for c in campaigns for word in c.denylist})
-    targets = {item_id for c in campaigns for item_id in c.target_items if item_id in item_rows}
+    targets = {item_id for c in campaigns for item_id in c.targets_in(items) if item_id in item_rows}
     # Items are dealt round-robin, so every shard carries a share of the catalog and of the targets.
     shard_items = [item_id for position, item_id in enumerate(items["item_id"]) if position % shards == index]
 
@@ -364,13 +364,8 @@ def _catalog_vocabulary(store, ds: str) -> catalog.CatalogVocabulary:
 
 
 def _active_campaigns(settings: Settings, ds: str) -> list:
-    """Tonight's campaigns, for their denylists and target items; none when there is no campaigns file yet
-    (the plan stage is the one that insists on it)."""
-    from pathlib import Path
+    """Tonight's valid campaigns, for their denylists and target items (a broken one is skipped: the plan
+    stage names it); none when there is no campaign yet."""
+    from pmg_tasks.campaigns import campaigns_for_run
 
-    from pmg_tasks.campaigns import active_campaigns
-
-    if not Path(settings.campaigns_file).is_file():
-        log.warning("no campaigns file at %s: no denylist and no target items tonight", settings.campaigns_file)
-        return []
-    return active_campaigns(settings.campaigns_file, ds)
+    return campaigns_for_run(settings, ds).active(ds)

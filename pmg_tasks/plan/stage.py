@@ -26,7 +26,7 @@ from itertools import zip_longest
 from typing import TYPE_CHECKING, Any
 
 from pmg_tasks import layout
-from pmg_tasks.campaigns import Campaign, CampaignError, active_campaigns
+from pmg_tasks.campaigns import Campaign, CampaignError, CampaignProblem, campaigns_for_run
 from pmg_tasks.plan.prompt import PromptParts, PromptTooLong, fit_negative_prompt, fit_prompt
 from pmg_tasks.store import ObjectStore, open_store, read_frame, write_json, write_table
 from pmg_tasks.text_safety import clean_keyword, clean_text
@@ -48,36 +48,47 @@ GENERATION_COLUMNS = [
     "signature", "campaign_id", "item_id", "segment_id", "personalization", "owner_user_id", "users", "prompt",
     "negative_prompt", "title", "style", "target_keywords", "preference_tokens", "preference_words",
     "target_text", "target_image_key", "alpha", "consistency_weight", "candidates", "variants", "prompt_tokens",
-    "dropped_keywords",
+    "dropped_keywords", "image_size", "inference_steps",
 ]  # fmt: skip
 SHARD_COLUMNS = [
     "signature", "campaign_id", "prompt", "negative_prompt", "target_text", "target_image_key", "alpha",
-    "consistency_weight", "candidates", "variants",
+    "consistency_weight", "candidates", "variants", "image_size", "inference_steps",
 ]  # fmt: skip
 
 
 def plan_generation(settings: Settings, ds: str) -> list[int]:
     """Write the plan of `ds` (see the module docstring); return the shard indices to map over.
 
-    Raises CampaignError naming the campaign, the field and the fix when a campaign cannot be planned."""
+    A campaign that cannot be planned (broken, or targeting items the catalog lacks) is skipped and named,
+    with the field and the fix, in the log and in stats/plan.json; the others are planned."""
     import pandas as pd
 
     from pmg_tasks.keywords.scenario import load_scenario
     from pmg_tasks.models.diffusion import prompt_tokenizer, require_model_dir
 
     store = open_store(settings)
-    campaigns = active_campaigns(settings.campaigns_file, ds)
+    found = campaigns_for_run(settings, ds, store)
+    campaigns = found.active(ds)
+    skipped = list(found.problems)
     inputs = _PlanInputs.read(store, ds, settings)
     tokenizer = prompt_tokenizer(
         require_model_dir(settings.models.diffusion, "diffusion"), sorted(inputs.tokens_in_use())
     )
     negative_default = load_scenario(settings.keywords.scenario).negative_prompt
 
-    requests, generations = [], []
+    requests, generations, planned = [], [], []
     for campaign in campaigns:
-        planned_requests, planned_generations = plan_campaign(
-            campaign, inputs, tokenizer, settings.generation, negative_default
-        )
+        try:
+            planned_requests, planned_generations = plan_campaign(
+                campaign, inputs, tokenizer, settings.generation, negative_default, ds
+            )
+        except CampaignError as error:
+            problem = CampaignProblem(found.files.get(campaign.campaign_id, ""), campaign.campaign_id,
+                                      "target_items", str(error), "fix the campaign file and rerun the plan task")  # fmt: skip
+            log.warning("skipping campaign %s: %s", campaign.campaign_id, problem)
+            skipped.append(problem)
+            continue
+        planned.append(campaign)
         requests.append(planned_requests)
         generations.append(planned_generations)
     requests_frame = pd.concat(requests, ignore_index=True) if requests else pd.DataFrame(columns=REQUEST_COLUMNS)
@@ -88,7 +99,8 @@ def plan_generation(settings: Settings, ds: str) -> list[int]:
     write_table(store, layout.run_key(ds, "generations.parquet"), generations_frame[GENERATION_COLUMNS])
 
     shards = write_shards(store, ds, generations_frame, requests_frame, settings.generation)
-    stats = plan_stats(campaigns, requests_frame, generations_frame, shards, inputs)
+    stats = plan_stats(planned, requests_frame, generations_frame, shards, inputs)
+    stats["skipped_campaigns"] = [vars(p) for p in skipped]
     write_json(store, layout.run_key(ds, "stats/plan.json"), stats)
     log.info(
         "planned %d creatives for %d users in %d distinct generations (%.1f creatives per generation), "
@@ -142,12 +154,19 @@ class _PlanInputs:
         return {token for tokens, _, _ in self.tokens.values() for token in tokens}
 
 
-def select_audience(campaign: Campaign, histories: pd.DataFrame) -> pd.DataFrame:
-    """Users the campaign reaches, most engaged first (then by id, so the choice is stable)."""
-    audience = histories
-    if campaign.audience.categories:
-        wanted = set(campaign.audience.categories)
+def select_audience(campaign: Campaign, histories: pd.DataFrame, ds: str) -> pd.DataFrame:
+    """Users the campaign reaches on `ds`, most engaged first (then by id, so the choice is stable)."""
+    import datetime as dt
+
+    audience, rules = histories, campaign.audience
+    if rules.categories:
+        wanted = set(rules.categories)
         audience = audience[audience["categories"].map(lambda cats: bool(wanted.intersection(cats)))]
+    if rules.recency_days:
+        since = (dt.date.fromisoformat(ds) - dt.timedelta(days=rules.recency_days - 1)).isoformat()
+        audience = audience[audience["last_event_date"] >= since]
+    if rules.min_engagement:
+        audience = audience[audience["engagement"] >= rules.min_engagement]
     audience = audience.sort_values(["engagement", "user_id"], ascending=[False, True])
     if campaign.audience.max_users:
         audience = audience.head(campaign.audience.max_users)
@@ -155,30 +174,37 @@ def select_audience(campaign: Campaign, histories: pd.DataFrame) -> pd.DataFrame
 
 
 def plan_campaign(
-    campaign: Campaign, inputs: _PlanInputs, tokenizer, generation: Generation, negative_default: str
+    campaign: Campaign, inputs: _PlanInputs, tokenizer, generation: Generation, negative_default: str, ds: str
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The campaign's creative requests (one per user and target item) and its distinct generations."""
+    """The campaign's creative requests (one per user and target item) and its distinct generations.
+    Raises CampaignError when its targets are not in the catalog."""
     import pandas as pd
 
-    missing = [item for item in campaign.target_items if item not in inputs.items.index]
+    targets = campaign.targets_in(inputs.items)
+    missing = [item for item in targets if item not in inputs.items.index]
     if missing:
         raise CampaignError(
             f"campaign {campaign.campaign_id!r} targets items not in the catalog: {missing}; "
-            "fix target_items in the campaigns file"
+            "fix target_items in the campaign file"
         )
+    if not targets:
+        raise CampaignError(
+            f"campaign {campaign.campaign_id!r}: target_filter matches no catalog item; widen the filter"
+        )
+    pixels = (campaign.image_size or generation.image_size, campaign.inference_steps or generation.inference_steps)
     denied = campaign.denied
     alpha = generation.default_alpha if campaign.alpha is None else campaign.alpha
     candidates = max(campaign.candidates or generation.candidates_per_request, campaign.variants)
     negative = fit_negative_prompt(
         denied.redact(clean_text(campaign.negative_prompt or negative_default, 300)).split(","), tokenizer
     )
-    audience = select_audience(campaign, inputs.histories)
+    audience = select_audience(campaign, inputs.histories, ds)
     users = _audience_taste(audience["user_id"].tolist(), inputs, denied, campaign.personalization)
 
     # Generations by signature; `fitted` remembers which signature a prompt's parts came to, since parts
     # that differ only in keywords the budget drops make the same prompt and so the same generation.
     requests, generations, fitted_parts = [], {}, {}
-    for item_id in campaign.target_items:
+    for item_id in targets:
         title = denied.redact(clean_text(inputs.items.at[item_id, "title"], 120))
         target_words = tuple(denied.keep(inputs.item_words.get(item_id, [])))
         style = denied.redact(clean_text(campaign.style, 200))
@@ -195,7 +221,7 @@ def plan_campaign(
                     fitted = fit_prompt(parts, tokenizer)
                 except PromptTooLong as error:
                     raise CampaignError(f"campaign {campaign.campaign_id!r}, item {item_id}: {error}") from None
-                signature = request_signature(campaign, item_id, fitted.text, negative, candidates, generation)
+                signature = request_signature(campaign, item_id, fitted.text, negative, candidates, generation, pixels)
                 fitted_parts[parts] = signature
                 if signature not in generations:
                     generations[signature] = {
@@ -209,7 +235,8 @@ def plan_campaign(
                         "target_image_key": image_key, "alpha": alpha,
                         "consistency_weight": campaign.consistency_weight, "candidates": candidates,
                         "variants": campaign.variants, "prompt_tokens": fitted.tokens,
-                        "dropped_keywords": fitted.dropped_keywords,
+                        "dropped_keywords": fitted.dropped_keywords, "image_size": pixels[0],
+                        "inference_steps": pixels[1],
                     }  # fmt: skip
             generation_row = generations[signature]
             generation_row["users"] += 1
@@ -258,13 +285,15 @@ def segment_words(tokens: Sequence[str], descriptors: Mapping[str, list[str]], d
 
 
 def request_signature(
-    campaign: Campaign, item_id: str, prompt: str, negative_prompt: str, candidates: int, generation: Generation
+    campaign: Campaign, item_id: str, prompt: str, negative_prompt: str, candidates: int, generation: Generation,
+    pixels: tuple[int, int] | None = None,
 ) -> str:
     """Everything that changes the pixels of a generation's candidates, hashed (model versions join later,
     in the creative id). How users choose among them (alpha, variants) is not in it: the same pixels keep
     their names when only the choice changes."""
-    pixels = [generation.inference_steps, generation.guidance_scale, generation.image_size]
-    recipe = json.dumps([campaign.campaign_id, item_id, prompt, negative_prompt, candidates, pixels])
+    size, steps = pixels or (generation.image_size, generation.inference_steps)
+    recipe = json.dumps([campaign.campaign_id, item_id, prompt, negative_prompt, candidates,
+                         [steps, generation.guidance_scale, size]])  # fmt: skip
     return hashlib.sha256(recipe.encode()).hexdigest()[:24]
 
 
@@ -319,7 +348,7 @@ def plan_stats(
 
     by_campaign = {
         c.campaign_id: {
-            "personalization": c.personalization,
+            "personalization": c.personalization, "review": c.review, "priority": c.priority,
             **costs(requests[requests["campaign_id"] == c.campaign_id],
                     generations[generations["campaign_id"] == c.campaign_id]),
         }  # fmt: skip

@@ -190,9 +190,7 @@ def _tokens_in_use(store: ObjectStore, ds: str) -> list[str]:
 def _descriptor_words(store: ObjectStore, ds: str, settings: Settings) -> dict[str, list[str]]:
     """Token -> the words its row starts from: its most typical keywords, then categories, minus every
     word an active campaign denies (a row is shared by every campaign)."""
-    from pathlib import Path
-
-    from pmg_tasks.campaigns import active_campaigns
+    from pmg_tasks.campaigns import campaigns_for_run
     from pmg_tasks.text_safety import Denylist
 
     key = layout.run_key(ds, "token_descriptors.parquet")
@@ -200,7 +198,7 @@ def _descriptor_words(store: ObjectStore, ds: str, settings: Settings) -> dict[s
         return {}
     denied = Denylist(
         word
-        for campaign in (active_campaigns(settings.campaigns_file, ds) if Path(settings.campaigns_file).is_file() else [])
+        for campaign in campaigns_for_run(settings, ds, store).active(ds)
         for word in campaign.denylist
     )
     frame = read_frame(store, key)

@@ -28,7 +28,7 @@ def nightly(dagbag):
 
 def test_no_import_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert "pmg_nightly" in dagbag.dags and "pmg_creatives_consumer" in dagbag.dags
+    assert {"pmg_nightly", "pmg_campaign_run", "pmg_creatives_consumer"} <= set(dagbag.dags)
 
 
 def test_parsing_imports_no_heavy_library():
@@ -55,7 +55,8 @@ def test_wiring_follows_the_nightly_flow(nightly):
     upstream = {t.task_id: set(t.upstream_task_ids) - {"run_date"} for t in nightly.tasks}
     assert upstream == {
         "run_date": set(),
-        "extract": set(),
+        "campaigns": set(),
+        "extract": {"campaigns"},
         "validate": {"extract"},
         "histories": {"validate"},
         "keyword_shards": {"histories"},
@@ -101,6 +102,15 @@ def test_publish_runs_after_failed_shards_and_partial_publishing_is_opt_in(night
 def test_the_example_consumer_is_scheduled_on_the_manifest_asset(dagbag):
     condition = dagbag.dags["pmg_creatives_consumer"].timetable.asset_condition
     assert [asset.name for asset in condition.objects] == ["pmg_creative_manifests"]
+
+
+def test_publish_links_to_the_run_report(dagbag):
+    for dag_id in ("pmg_nightly", "pmg_campaign_run"):
+        links = dagbag.dags[dag_id].get_task("publish").operator_extra_links
+        assert [link.name for link in links] == ["Run report"]
+    from pmg_tasks.dag_parts import report_url
+
+    assert report_url("2026-11-20", "winter").endswith("/pmg/store/reports/ds=2026-11-20/index.html#campaign-winter")
 
 
 def test_gpu_tasks_are_capped_by_the_same_slots_the_pools_are_set_with(nightly):

@@ -248,7 +248,7 @@ def test_drill_1_5_8_killed_mid_shard_damaged_models_and_a_full_disk(drills, nex
         # Drill 8: the retry of the killed shard meets a full disk: the task fails and says why.
         with pytest.raises(NightlyRunError):
             run_nightly_dag(drills.settings, NEXT)
-        full_disk_log = (drills.settings.home / "logs" / f"dags-test-{NEXT}.log").read_text()
+        full_disk_log = (drills.settings.home / "logs" / f"dags-test-pmg_nightly-{NEXT}.log").read_text()
         assert "no space left on the disk that holds" in full_disk_log and "clear the failed tasks" in full_disk_log
         assert not store.exists(success_key(NEXT))
         folder = Path(store.root) / f"creatives/ds={NEXT}"
@@ -275,7 +275,7 @@ def test_drill_1_5_8_killed_mid_shard_damaged_models_and_a_full_disk(drills, nex
     assert tokens["warm_start_from"] == EARLIER and tokens["warm_started_tokens"] > 0
     # Each attempt at NEXT wrote its own log; token embeddings were trained (and said so) by the first.
     logs = (drills.settings.home / "logs" / "killed.log").read_text() + (
-        drills.settings.home / "logs" / f"dags-test-{NEXT}.log").read_text()
+        drills.settings.home / "logs" / f"dags-test-pmg_nightly-{NEXT}.log").read_text()
     assert f"preference model version {DS} is damaged" in logs and f"token embeddings {DS} are damaged" in logs
     FIGURES["5_damaged_model_versions"] = {"passed_over": [DS], "started_from": EARLIER,
                                            "damaged_files": len(killed["damaged"])}  # fmt: skip
@@ -293,7 +293,7 @@ def test_drill_4_an_llm_down_beyond_the_threshold_fails_the_shard_with_the_reaso
             run_nightly_dag(settings, DS)
     finally:
         drills.llm.down = False
-    log = (settings.home / "logs" / f"dags-test-{DS}.log").read_text()
+    log = (settings.home / "logs" / f"dags-test-pmg_nightly-{DS}.log").read_text()
     assert "keyword requests got no answer" in log and "keywords.max_failed_fraction=0.3" in log
     assert "keywords" in str(failure.value)
     FIGURES["4_llm_down_above_threshold"] = {"failed": True}

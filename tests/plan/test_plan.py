@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from pmg_tasks.campaigns import CampaignError
 from pmg_tasks.layout import run_key, shard_audience_key, shard_key
 from pmg_tasks.models.diffusion import prompt_tokenizer
 from pmg_tasks.plan import plan_generation
@@ -52,12 +51,11 @@ def outputs(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 
 
 def edit_campaigns(settings: Settings, **changes) -> None:
-    """Apply `changes` (field -> value) to every campaign of the file."""
-    path = Path(settings.campaigns_file)
-    document = yaml.safe_load(path.read_text())
-    for campaign in document["campaigns"]:
+    """Apply `changes` (field -> value) to every campaign of the campaigns folder."""
+    for path in Path(settings.campaigns_file).glob("*.yaml"):
+        campaign = yaml.safe_load(path.read_text())
         campaign.update(changes)
-    path.write_text(yaml.safe_dump(document))
+        path.write_text(yaml.safe_dump(campaign))
 
 
 def test_a_segment_shares_one_generation_per_target_item(planned):
@@ -198,17 +196,40 @@ def test_shards_cover_every_generation_once_with_its_audience_and_stay_under_the
     )
 
 
-def test_an_unknown_target_item_is_a_campaign_error_naming_it(planned):
-    path = Path(planned.campaigns_file)
+def test_an_unknown_target_item_skips_that_campaign_and_names_it(planned):
+    path = Path(planned.campaigns_file) / "winter-classics.yaml"
     path.write_text(path.read_text().replace("target_items: [", "target_items: [m-nope, ", 1))
-    with pytest.raises(CampaignError, match="campaign 'winter-classics' targets items not in the catalog: \\['m-nope'\\]"):
-        plan_generation(planned, DS)
+    plan_generation(planned, DS)
+    requests, _, stats = outputs(planned)
+    # The night goes on without it: the other campaign is planned, and the plan says why it is missing.
+    assert set(requests["campaign_id"]) == {"sci-fi-weekend"} == set(stats["campaigns"])
+    [skipped] = stats["skipped_campaigns"]
+    assert (skipped["campaign_id"], skipped["file"], skipped["field"]) == (
+        "winter-classics", "winter-classics.yaml", "target_items")
+    assert "targets items not in the catalog: ['m-nope']" in skipped["message"]
 
 
-def test_a_broken_campaign_file_is_a_campaign_error(planned):
-    Path(planned.campaigns_file).write_text("campaigns:\n  - campaign_id: X Y\n")
-    with pytest.raises(CampaignError, match="campaign 'X Y'"):
-        plan_generation(planned, DS)
+def test_a_broken_campaign_file_is_skipped_and_the_others_run(planned):
+    (Path(planned.campaigns_file) / "x-y.yaml").write_text("start_date: 2026-11-01\nvariants: many\n")
+    plan_generation(planned, DS)
+    requests, _, stats = outputs(planned)
+    assert set(requests["campaign_id"]) == {"sci-fi-weekend", "winter-classics"}
+    assert {(p["file"], p["field"]) for p in stats["skipped_campaigns"]} >= {("x-y.yaml", "variants"),
+                                                                              ("x-y.yaml", "end_date")}
+
+
+def test_audience_rules_and_the_campaigns_own_pixels_reach_the_shards(planned):
+    edit_campaigns(planned, audience={"min_engagement": 15, "recency_days": 2}, image_size=48, inference_steps=3)
+    plan_generation(planned, DS)
+    requests, generations, _ = outputs(planned)
+    histories = read_frame(open_store(planned), run_key(DS, "histories.parquet")).set_index("user_id")
+    reached = histories.loc[requests["user_id"].unique()]
+    assert len(reached) > 0
+    assert (reached["engagement"] >= 15).all() and (reached["last_event_date"] >= "2026-11-19").all()
+    assert len(reached) < len(histories[(histories["engagement"] >= 1)])
+    shard = read_frame(open_store(planned), run_key(DS, "shards/shard-00000.parquet"))
+    assert set(shard["image_size"]) == {48} and set(shard["inference_steps"]) == {3}
+    assert set(generations["image_size"]) == {48}
 
 
 def test_users_whose_prompts_differ_only_in_dropped_keywords_share_one_generation(test_size_models):
@@ -230,7 +251,23 @@ def test_users_whose_prompts_differ_only_in_dropped_keywords_share_one_generatio
     campaign = Campaign(campaign_id="c", start_date="2026-11-01", end_date="2026-11-30", target_items=["m1"],
                         personalization="user")  # fmt: skip
     tokenizer = prompt_tokenizer(Path(test_size_models.diffusion), ["<pref_txt_0_1>"])
-    requests, generations = plan_campaign(campaign, inputs, tokenizer, Generation(), "")
+    requests, generations = plan_campaign(campaign, inputs, tokenizer, Generation(), "", DS)
     assert len(requests) == 2 and len(generations) == 1
     assert requests["signature"].nunique() == 1 and generations["users"].tolist() == [2]
     assert generations["dropped_keywords"].iloc[0] > 0
+
+
+def test_campaigns_list_shows_users_and_distinct_generations_before_the_night(planned, monkeypatch, capsys):
+    from pmg_tasks.cli import main
+
+    monkeypatch.setenv("PMG_HOME", str(planned.home))
+    assert main(["campaigns", "list", "--ds", DS]) == 0
+    printed = capsys.readouterr().out
+    _, generations, stats = outputs(planned)
+    # What the plan did with the same users is what the listing said the night would cost.
+    for campaign_id, figures in stats["by_campaign"].items():
+        line = next(row for row in printed.splitlines() if row.startswith(campaign_id))
+        assert line.split()[1] == "yes"
+        assert line.split()[-3:] == [str(figures["users"]), str(len(set(generations.loc[
+            generations["campaign_id"] == campaign_id, "item_id"]))), str(figures["generations"])]
+    assert f"{stats['generations']} distinct generations at most" in printed
