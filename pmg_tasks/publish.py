@@ -117,8 +117,8 @@ def publish_run(
     missing = requests[requests["signature"].isin(absent)]
     planned = assemble_manifest(requests[~requests["signature"].isin(absent)], generations, headlines, generated, store)
     in_scope = _in_scope(campaigns, held)
-    manifest = planned[planned["campaign_id"].map(in_scope)].reset_index(drop=True)
-    missing = missing[missing["campaign_id"].map(in_scope)]
+    manifest = planned.loc[planned["campaign_id"].map(in_scope).astype(bool)].reset_index(drop=True)
+    missing = missing.loc[missing["campaign_id"].map(in_scope).astype(bool)]
 
     tonight = [c for c in sorted(set(requests["campaign_id"])) if in_scope(c)]
     manifests, tables = _write_manifests(store, ds, manifest, missing, tonight, in_scope)

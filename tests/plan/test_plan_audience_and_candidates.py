@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from pmg_tasks.layout import run_key
+import pytest
+import yaml
+
+from pmg_tasks.layout import run_key, shard_audience_key
 from pmg_tasks.plan import plan_generation
 from pmg_tasks.store import open_store, read_frame
 from tests.conftest import DS
@@ -43,3 +46,21 @@ def test_each_generation_draws_the_campaigns_candidates_and_never_fewer_than_its
     _, generations, _ = outputs(planned)
     assert len(generations) and set(generations["candidates"]) == {expected}
     assert (generations["candidates"] >= generations["variants"]).all()
+
+
+
+def test_a_target_listed_twice_is_planned_once_per_user_and_each_shard_audience_names_a_user_once(planned):
+    store = open_store(planned)
+    before, _, _ = outputs(planned)
+    for path in Path(planned.campaigns_file).glob("*.yaml"):
+        campaign = yaml.safe_load(path.read_text())
+        if campaign.get("target_items"):
+            campaign["target_items"] = campaign["target_items"] * 2
+            path.write_text(yaml.safe_dump(campaign))
+    shards = plan_generation(planned, DS)
+    requests, _, _ = outputs(planned)
+    assert not requests.duplicated(["campaign_id", "user_id", "item_id"]).any()
+    assert len(requests) == len(before)
+    for index in shards:
+        audience = read_frame(store, shard_audience_key(DS, index))
+        assert not audience.duplicated(["signature", "user_id"]).any()
