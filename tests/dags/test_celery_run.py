@@ -1,7 +1,7 @@
 """pmg_nightly under the CeleryExecutor for real: Airflow's metadata in PostgreSQL, Redis as the broker, the
 scheduler, dag-processor, api-server and two Celery workers (the default queue and `gpu`) on loopback.
 
-Same night, same settings, first through `airflow dags test` (the LocalExecutor path `pmg run` takes), then
+Same night, same settings, first through `airflow dags test` (what `pmg run` does: tasks in-process), then
 through the cluster: the GPU work ran on the GPU worker and nothing else did, the pools held concurrency to
 their slots, and every output is the same, byte for byte."""
 
