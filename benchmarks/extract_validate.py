@@ -5,7 +5,8 @@
     .venv/bin/python -m benchmarks.extract_validate --events 1000000 --repeat 3
 
 1. The warehouse: a DuckDB file of synthetic clickstream (9 days, `--events` of them in the 7-day window of
-   the run, 20,000 items, ~0.06% broken rows: unknown items, negative dwell, duplicate ids), generated
+   the run, 20,000 items, ~0.09% broken rows: unknown items, negative dwell, duplicate ids, null-like and
+   bidi user ids), generated
    once in SQL and cached under .pmg/bench/ (gitignored).
 2. In the same run, each measurement in its own child process (so peak RSS is its own, read from
    getrusage in the child), the interpreter and imports outside the timing:
@@ -15,7 +16,9 @@
    - the stage: extract_clickstream + validate_events (rules, quarantine, conservation check, the GX suite on
      its sample), exactly what the DAG's two tasks run.
    Seconds are wall time; rows/s are window rows per wall second; cpu is user+system of all threads of the
-   measured process (the stage's GX worker process is reported on its own: gx_worker_*).
+   measured process (the stage's GX worker process is reported on its own: gx_worker_*). The ratio to the
+   bare export is printed for both: on a shared machine wall time swings with the neighbours' load, CPU
+   seconds much less.
 
 Targets (issue 3): stage <= 3x the bare export, 10M events in under 20 s on 2 cores, peak RSS under 3 GB.
 Not a test: nothing here asserts timings. The machine's load is recorded with the figures.
@@ -44,7 +47,7 @@ LOOKBACK_DAYS = 7
 DAYS_STORED = 9  # one day either side of the window, which the window query must skip
 ITEMS = 20_000
 USERS = 200_000
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 COLUMNS = "event_id, user_id, item_id, session_id, event_type, event_ts, dwell_seconds"
 
 
@@ -85,13 +88,15 @@ def ensure_warehouse(events: int) -> Path:
         """
     )
     # Appended in time order, as a clickstream is. Broken rows: an unknown item every 4,999th event, a
-    # negative dwell every 5,011th, the previous event's id every 5,003rd.
+    # negative dwell every 5,011th, the previous event's id every 5,003rd, a user id "null" every 7,001st
+    # and one with a bidi override (U+202E) every 7,013th.
     con.execute(
         f"""
         INSERT INTO events
         SELECT
             'e' || lpad(CAST(CASE WHEN i % 5003 = 7 THEN i - 1 ELSE i END AS VARCHAR), 10, '0'),
-            'u' || lpad(CAST(hash(i, 1) % {USERS} AS VARCHAR), 7, '0'),
+            CASE WHEN i % 7001 = 11 THEN 'null' WHEN i % 7013 = 13 THEN 'u' || chr(8238) || '1'
+                 ELSE 'u' || lpad(CAST(hash(i, 1) % {USERS} AS VARCHAR), 7, '0') END,
             CASE WHEN i % 4999 = 3 THEN 'm-deleted' ELSE 'm' || lpad(CAST(hash(i, 2) % {ITEMS} AS VARCHAR), 6, '0') END,
             's' || lpad(CAST(i // 6 AS VARCHAR), 9, '0'),
             (['view', 'view', 'view', 'click', 'click', 'add_to_cart', 'purchase'])[1 + CAST(hash(i, 3) % 7 AS INTEGER)],
@@ -211,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         result["rows_per_second"] = result["rows"] / result["seconds"]
     bare, stage = best["bare_export"], best["stage"]
     ratio = stage["seconds"] / bare["seconds"]
+    # On a shared machine wall time swings with the neighbours; CPU-seconds (all threads) much less so.
+    cpu_ratio = stage["cpu_seconds"] / bare["cpu_seconds"]
     report = {
         "benchmark": "extract_validate",
         "command": "python -m benchmarks.extract_validate" + (f" --events {args.events}" if args.events != 10_000_000 else "")
@@ -230,9 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         "all_seconds": {name: [round(r["seconds"], 2) for r in results] for name, results in runs.items()},
         "median_seconds": {name: round(statistics.median(r["seconds"] for r in results), 2) for name, results in runs.items()},
         "stage_over_bare_export": ratio,
+        "stage_over_bare_export_cpu": cpu_ratio,
         "stage_over_bare_export_pmg_options": stage["seconds"] / best["bare_export_pmg_parquet_options"]["seconds"],
         "targets": {
             "stage_at_most_3x_bare_export": ratio <= 3.0,
+            "stage_at_most_3x_bare_export_cpu": cpu_ratio <= 3.0,
             "stage_under_20_s": stage["seconds"] < 20.0,
             "peak_rss_under_3_gb": stage["peak_rss_mb"] < 3 * 1024,
             "conservation": stage["conservation"],
@@ -242,17 +251,19 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
     print(f"\n{bare['rows']:,} events in the window, best of {args.repeat}; load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
-    print(f"{'measurement':34} {'seconds':>8} {'rows/s':>12} {'cpu s':>7} {'peak RSS':>9}")
+    print(f"{'measurement':34} {'wall s':>8} {'cpu s':>7} {'rows/s':>12} {'peak RSS':>9}")
     for name, result in best.items():
         print(
-            f"{name:34} {result['seconds']:8.1f} {result['rows_per_second']:12,.0f} {result['cpu_seconds']:7.1f} "
+            f"{name:34} {result['seconds']:8.1f} {result['cpu_seconds']:7.1f} {result['rows_per_second']:12,.0f} "
             f"{result['peak_rss_mb']:7.0f} MB"
         )
     print(
-        f"  of which extract {stage['extract_seconds']:.1f} s, validate {stage['validate_seconds']:.1f} s; "
+        f"  of which extract {stage['extract_seconds']:.1f} s (cpu {stage['extract_cpu_seconds']:.1f} s), "
+        f"validate {stage['validate_seconds']:.1f} s (cpu {stage['validate_cpu_seconds']:.1f} s); "
         f"GX worker process: {stage['gx_worker_cpu_seconds']:.1f} cpu s, {stage['gx_worker_peak_rss_mb']:.0f} MB"
     )
-    print(f"stage / bare export: {ratio:.2f}x (target <= 3x); stage {stage['seconds']:.1f} s (target < 20 s); "
+    print(f"stage / bare export: {ratio:.2f}x wall, {cpu_ratio:.2f}x cpu (target <= 3x); "
+          f"stage {stage['seconds']:.1f} s (target < 20 s); "
           f"peak {stage['peak_rss_mb']:.0f} MB (target < 3072 MB)")
     print(f"wrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
     return 0

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "preference_graph.json"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "movielens-latest-small"
 NIGHT_1, NIGHT_2, NIGHT_3 = "2024-01-01", "2024-01-02", "2024-01-03"
-THREADS = 1  # the stage's default (settings.torch_threads): two threads were slower on a busy 2-core machine
+THREADS = 1  # the stage's default (settings.preferences.torch_threads): two threads were slower on a busy 2-core machine
 SEEDS = (0, 1, 2)
 GRID_LEVELS, GRID_CODES = (1, 2, 3), (8, 16, 32, 64)
 
@@ -74,7 +74,8 @@ def as_items(movies):
 def stage_settings(home: Path, seed: int = 0, **overrides):
     from pmg_tasks.settings import Settings
 
-    return Settings(home=home, seed=seed, torch_threads=THREADS, gnn_full_retrain_weekday=-1, **overrides)
+    preferences = {"torch_threads": THREADS, "full_retrain_weekday": -1, **overrides.pop("preferences", {})}
+    return Settings(home=home, seed=seed, preferences=preferences, **overrides)
 
 
 def run_night(settings, ds: str, events, items) -> dict:
@@ -107,7 +108,7 @@ def stage_embeddings(settings, version: str, events, items):
         checkpoint = torch.load(path, weights_only=True)
     graph = build_interaction_graph(
         events, items, known_user_ids=checkpoint["user_ids"], known_item_ids=checkpoint["item_ids"],
-        recency_half_life=settings.gnn_recency_half_life,
+        recency_half_life=settings.preferences.recency_half_life,
     )  # fmt: skip
     model = ModalPreferenceGNN(
         graph.num_users,
@@ -178,14 +179,14 @@ def our_curve(settings, split, events, items, epochs: int) -> list[tuple[float, 
     from pmg_tasks.preferences.model import ModalPreferenceGNN
     from pmg_tasks.preferences.train import train_bpr
 
-    graph = build_interaction_graph(events, items, recency_half_life=settings.gnn_recency_half_life)
+    graph = build_interaction_graph(events, items, recency_half_life=settings.preferences.recency_half_life)
     dims = {view: features.shape[1] for view, features in graph.item_features.items()}
-    model = ModalPreferenceGNN(graph.num_users, graph.num_items, settings.gnn_dim, settings.gnn_layers, dims)
+    model = ModalPreferenceGNN(graph.num_users, graph.num_items, settings.preferences.dim, settings.preferences.layers, dims)
     model.reset_parameters(torch.Generator().manual_seed(settings.seed))
     result = train_bpr(
-        model, graph, epochs=epochs, seed=settings.seed, learning_rate=settings.gnn_learning_rate,
-        batch_size=settings.gnn_batch_size, l2=settings.gnn_l2,
-        negative_candidates=settings.gnn_negative_candidates,
+        model, graph, epochs=epochs, seed=settings.seed, learning_rate=settings.preferences.learning_rate,
+        batch_size=settings.preferences.batch_size, l2=settings.preferences.l2,
+        negative_candidates=settings.preferences.negative_candidates,
         # The test set as the "holdout" only to read the curve; patience never runs out.
         validation=ranking_task(graph, split.train, split.test), patience=epochs + 1,
     )  # fmt: skip
@@ -319,7 +320,7 @@ def main() -> int:
                          "recall@20": recall, "ndcg@20": mean(cell["ndcg@20"] for cell in cells),
                          "recall_kept": round(recall / full_recall, 3)})  # fmt: skip
         results["tokens"] = {
-            "default": {"levels": settings.token_levels, "codes": settings.token_codes,
+            "default": {"levels": settings.preferences.token_levels, "codes": settings.preferences.token_codes,
                         "segments": mean(m[1]["segments"] for m in models), "users": report["users"]},
             "full_embedding_recall@20": full_recall,
             "grid": grid,

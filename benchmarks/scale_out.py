@@ -43,7 +43,7 @@ def night_settings(home: Path, models, shards: int):
 
     settings = Settings(
         home=home, models=models, keyword_backend="catalog",
-        pools={"gpu_queue": "gpu", "gpu_slots": 1, "llm_slots": 1, "task_retries": 0},
+        pools={"gpu_queue": "gpu", "gpu_slots": 1, "llm_slots": 1}, retries={"per_task": 0},
         generation={"requests_per_shard": 1, "candidates_per_request": 1, "inference_steps": 1, "batch_size": 1,
                     "max_shards": 1024},
         keywords={"users_per_shard": 100_000}, token_embeddings={"steps_per_token": 0},

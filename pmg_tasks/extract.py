@@ -6,6 +6,8 @@ Writes, under runs/ds=.../:
     items.parquet             the item catalog, cleaned (validation/items.py), one row per item_id
     items_quarantine.parquet  catalog rows that broke a hard item rule, with rule and reason
     items_validation.json     the catalog's counts: extracted, valid, quarantined, per rule, fixes, flags
+    events_outside_windows.json  how many events of the whole warehouse no run's window can hold (dated
+                              before settings.validation.plausible_since, after now + 1 day, or undated)
 
 Events are read for the window [window_start, window_end) that the run date and the lookback define
 (extraction_window.py), never from Airflow's data interval, so a rerun of a date reads the same rows and
@@ -23,9 +25,10 @@ from __future__ import annotations
 import logging
 import re
 import time
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
-from pmg_tasks.extraction_window import extraction_window
+from pmg_tasks.extraction_window import extraction_window, plausible_span
 from pmg_tasks.layout import run_key
 from pmg_tasks.store import ObjectStore, open_store, write_json
 from pmg_tasks.validation.items import CatalogCheck, check_catalog, items_quarantine_schema
@@ -41,9 +44,13 @@ log = logging.getLogger(__name__)
 ITEM_CHUNK_ROWS = 10_000
 
 
-def extract_clickstream(settings: Settings, ds: str, chunk_rows: int = 500_000) -> dict:
-    """Write events.parquet (events with event_ts in the run's window), the cleaned items.parquet and the
-    catalog's quarantine and report. Returns counts and keys (small enough for XCom)."""
+def extract_clickstream(
+    settings: Settings, ds: str, chunk_rows: int = 500_000, *, now: datetime | None = None
+) -> dict:
+    """Write events.parquet (events with event_ts in the run's window), the cleaned items.parquet, the
+    catalog's quarantine and report, and the count of the warehouse's events outside every plausible
+    window. `now` (default: the current UTC time) places that last window's end. Returns counts and keys
+    (small enough for XCom)."""
     window_start, window_end = extraction_window(ds, settings.lookback_days)
     store = open_store(settings)
     keys = {
@@ -51,6 +58,7 @@ def extract_clickstream(settings: Settings, ds: str, chunk_rows: int = 500_000) 
         "items": run_key(ds, "items.parquet"),
         "items_quarantine": run_key(ds, "items_quarantine.parquet"),
         "items_report": run_key(ds, "items_validation.json"),
+        "outside_windows": run_key(ds, "events_outside_windows.json"),
     }
     started = time.monotonic()
     with connect(settings) as warehouse:
@@ -69,6 +77,15 @@ def extract_clickstream(settings: Settings, ds: str, chunk_rows: int = 500_000) 
             time.monotonic() - started,
         )
         catalog = _extract_items(warehouse, store, keys["items"], keys["items_quarantine"])
+        outside = count_events_outside_windows(warehouse, settings.validation.plausible_since, now)
+    write_json(store, keys["outside_windows"], outside)
+    if outside["total"]:
+        log.warning(
+            "the warehouse holds %d events no run's window can hold: %d dated before %s, %d after %s, "
+            "%d undated; fix their event_ts at the source",
+            outside["total"], outside["before_floor"], outside["floor"], outside["after_ceiling"],
+            outside["ceiling"], outside["undated"],
+        )  # fmt: skip
     report = catalog.report()
     write_json(store, keys["items_report"], report)
     log.info(
@@ -91,6 +108,24 @@ def extract_clickstream(settings: Settings, ds: str, chunk_rows: int = 500_000) 
         "items_quarantined": catalog.quarantined,
         "items_quarantine_key": keys["items_quarantine"],
         "items_report_key": keys["items_report"],
+        "events_outside_windows": outside["total"],
+        "events_outside_windows_key": keys["outside_windows"],
+    }
+
+
+def count_events_outside_windows(warehouse: Warehouse, floor: date, now: datetime | None = None) -> dict:
+    """How many of the warehouse's events lie outside every plausible window: before `floor`, after
+    `now` + 1 day, or with no event_ts. These are never extracted, so no validation would count them."""
+    start, end = plausible_span(floor, datetime.now(UTC) if now is None else now)
+    bounds = {"floor": start, "ceiling": end}
+    ((before, after, undated),) = warehouse.fetch_rows(load_sql("count_events_outside_windows.sql"), bounds)
+    return {
+        "before_floor": int(before),
+        "after_ceiling": int(after),
+        "undated": int(undated),
+        "total": int(before) + int(after) + int(undated),
+        "floor": bounds["floor"].isoformat(),
+        "ceiling": bounds["ceiling"].isoformat(timespec="seconds"),
     }
 
 

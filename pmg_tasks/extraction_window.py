@@ -8,7 +8,7 @@ date covers the same rows.
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 _DS_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -28,3 +28,15 @@ def extraction_window(ds: str, lookback_days: int) -> tuple[datetime, datetime]:
         raise ValueError(f"lookback_days must be a whole number of days >= 1, got {lookback_days!r}")
     end = datetime.combine(day + timedelta(days=1), time())
     return end - timedelta(days=lookback_days), end
+
+
+# An event dated later than this after the current time is a clock that is off, not a late night's event.
+FUTURE_SLACK = timedelta(days=1)
+
+
+def plausible_span(floor: date, now: datetime) -> tuple[datetime, datetime]:
+    """`[floor at 00:00, now + 1 day]`, naive UTC: where any run's window can lie. An event outside it (a
+    zero timestamp from 1970, a clock set to 2999) is in no window."""
+    if now.tzinfo is not None:
+        now = now.astimezone(UTC).replace(tzinfo=None)
+    return datetime.combine(floor, time()), now + FUTURE_SLACK

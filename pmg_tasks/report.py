@@ -79,6 +79,30 @@ def _safety_summary(stats: dict) -> str:
     )
 
 
+def _validation_summary(stats: dict) -> str:
+    """What validation set aside that a data engineer must hear about even on a night that passed: exact
+    redeliveries, and events in the warehouse that no run's window will ever hold."""
+    validation = stats.get("validation")
+    if not validation:
+        return ""
+    parts = []
+    if validation.get("exact_duplicates"):
+        parts.append(
+            f"{validation['exact_duplicates']} exact copies of events (redeliveries) were quarantined"
+            + (" and not counted toward the bad-data threshold" if validation.get("exact_duplicates_exempt") else "")
+        )
+    outside = validation.get("events_outside_windows") or {}
+    if outside.get("total"):
+        parts.append(
+            f"the warehouse holds {outside['total']} events that no run will ever process: "
+            f"{outside['before_floor']} dated before {_e(outside['floor'][:10])}, {outside['after_ceiling']} after "
+            f"{_e(outside['ceiling'][:16].replace('T', ' '))} UTC, {outside['undated']} without a date"
+        )
+    elif outside:
+        parts.append("every event in the warehouse is dated within a plausible window")
+    return f"<p class='summary'>Validation: {'; '.join(parts)}.</p>" if parts else ""
+
+
 def render_report(ds: str, manifest: pd.DataFrame, stats: dict, per_campaign: int = MAX_FIGURES) -> str:
     """The page at reports/ds=<ds>/index.html; images are linked relative to it. Each distinct creative is
     shown once per campaign, with how many users it went to, best z first, at most `per_campaign`."""
@@ -112,6 +136,6 @@ def render_report(ds: str, manifest: pd.DataFrame, stats: dict, per_campaign: in
     return (
         f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>pmg run {_e(ds)}</title>"
         f"<style>{STYLE}</style></head><body><h1>pmg nightly run — {_e(ds)}</h1>{_plan_summary(stats)}"
-        f"{_safety_summary(stats)}"
+        f"{_safety_summary(stats)}{_validation_summary(stats)}"
         f"<h2>Stages</h2>{_stats_table(stats)}{''.join(sections)}</body></html>"
     )

@@ -8,6 +8,7 @@ e.g. `PMG_MODELS__DIFFUSION=/models/sd`). Nothing deeper in the code reads the e
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -43,8 +44,13 @@ class Pools(BaseModel):
     # Celery queue that GPU workers listen on; "default" runs everything on any worker (a laptop).
     gpu_queue: str = "default"
     default_queue: str = Field("default", description="Airflow's [operators] default_queue: the CPU workers' queue")
-    task_retries: int = Field(2, ge=0, description="Airflow retries per task (tests set 0 to fail fast)")
-    retry_delay_s: int = Field(120, ge=1, description="first retry delay; doubles each attempt")
+
+
+class Retries(BaseModel):
+    """How Airflow retries a failed task (bad data and bad campaign files fail without retrying)."""
+
+    per_task: int = Field(2, ge=0, description="Airflow retries per task (tests set 0 to fail fast)")
+    delay_s: int = Field(120, ge=1, description="first retry delay; doubles each attempt")
 
 
 class Placement(NamedTuple):
@@ -136,6 +142,141 @@ class Keywords(BaseModel):
         return os.environ.get(self.api_key_env, "") if self.api_key_env else ""
 
 
+# Minutes each stage of pmg_nightly may run before Airflow stops it, sized from the production profile's
+# nights with room to spare: a task stuck on a dead connection fails (and retries) instead of hanging.
+STAGE_TIMEOUTS_MIN = {
+    "run_date": 5, "extract": 60, "validate": 30, "histories": 30, "keyword_shards": 10, "keywords": 120,
+    "merge_keywords": 15, "preference_tokens": 90, "token_embeddings": 120, "plan": 30, "headlines": 60,
+    "generate": 180, "publish": 30,
+}  # fmt: skip
+
+
+class Watching(BaseModel):
+    """How an unwatched night tells people about itself (docs/operations.md): its deadline, timeouts and the
+    notifier that failure, retry and missed-deadline alerts go through."""
+
+    finish_by_utc: str = Field(
+        "07:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="HH:MM UTC the night must have finished by; later, the deadline alert fires",
+    )
+    deadline: bool = Field(True, description="the DeadlineAlert on the DAG; `pmg run` turns it off (docs/operations.md)")
+    dagrun_timeout_h: float = Field(10.0, gt=0, description="a run still going after this many hours fails")
+    task_timeouts_min: dict[str, int] = Field(
+        default_factory=lambda: dict(STAGE_TIMEOUTS_MIN), description="execution timeout per task, minutes"
+    )
+    default_task_timeout_min: int = Field(60, ge=1, description="tasks task_timeouts_min does not name")
+    notifier: str = Field(
+        "pmg_tasks.watch.alerts.LogNotifier",
+        description="dotted path of an Airflow notifier class, e.g. airflow.providers.smtp.notifications.smtp.SmtpNotifier",
+    )
+    notifier_kwargs: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="the notifier's arguments, e.g. {\"to\": \"oncall@example.com\"}"
+    )
+
+
+class Validation(BaseModel):
+    """What event validation counts against the bad-data threshold, and which dates could be real
+    (docs/warehouse.md, "Validation rules")."""
+
+    exact_duplicates_exempt: bool = Field(
+        True, description="exact copies of an event (same event_id, same content: a redelivery) are quarantined "
+        "but not counted toward max_bad_fraction; near-duplicates (same id, other content) always count",
+    )
+    plausible_since: date = Field(
+        date(2000, 1, 1), description="events dated before this, or after now + 1 day, lie outside every run's "
+        "window: each run counts them in the warehouse and reports them",
+    )
+
+
+class Preferences(BaseModel):
+    """The preference GNN and its discrete tokens (DPPMG; docs/preference_graph.md has the measurements
+    behind the defaults)."""
+
+    dim: int = Field(128, ge=4, description="embedding size of users, items and token codes")
+    layers: int = Field(3, ge=1)
+    epochs: int = Field(40, ge=1, description="most epochs of a full retrain; early stopping ends most sooner")
+    learning_rate: float = Field(0.01, gt=0, description="Adam step size of a full (cold) training")
+    batch_size: int = Field(8192, ge=1, description="BPR pairs per step")
+    negative_candidates: int = Field(8, ge=1, description="random items per positive; the hardest is the negative")
+    l2: float = Field(1e-4, ge=0)
+    recency_half_life: float = Field(20.0, ge=0, description="a user's interactions until an edge weighs half; 0: off")
+    validation_fraction: float = Field(0.1, ge=0, lt=1, description="each user's latest interactions held out")
+    validation_min_items: int = Field(10, ge=2, description="users with fewer items hold nothing out")
+    patience: int = Field(8, ge=1, description="epochs without a better validation Recall@20 before stopping")
+    warm_learning_rate: float = Field(0.006, gt=0, description="Adam step size of a nightly warm start")
+    warm_epochs: int = Field(3, ge=1, description="epochs of a nightly warm start")
+    full_retrain_weekday: int = Field(6, ge=-1, le=6, description="0=Monday..6=Sunday retrains from scratch; -1: never")
+    image_features: Literal["histogram", "clip"] = Field("histogram", description="clip needs models.clip")
+    token_levels: int = Field(2, ge=1, description="residual quantization levels")
+    token_codes: int = Field(16, ge=2, description="codes per level (docs/preference_graph.md: why 2 x 16)")
+    # A segment is the users who share their first `segment_levels` tokens of every view: 1 gives at most
+    # token_codes ** views segments (256 with two views), which is what keeps generation per segment cheap.
+    segment_levels: int = Field(1, ge=1, description="token levels per view that define a segment (<= token_levels)")
+    # 1: the GNN runs beside the keyword stage, and on a busy 2-core machine two OpenMP threads made an Adam
+    # step 12x slower than one (docs/preference_graph.md).
+    torch_threads: int = Field(1, ge=1, description="intra-op threads of CPU training")
+
+    @model_validator(mode="after")
+    def _segments_within_tokens(self) -> Preferences:
+        if self.segment_levels > self.token_levels:
+            raise ValueError(
+                f"preferences.segment_levels ({self.segment_levels}) cannot exceed "
+                f"preferences.token_levels ({self.token_levels})"
+            )
+        return self
+
+
+# Names of the flat release, kept working for one release: variable -> (group, field). Each use warns.
+LEGACY_NAMES: dict[str, tuple[str, str]] = {
+    **{f"gnn_{name}": ("preferences", name) for name in (
+        "dim", "layers", "epochs", "learning_rate", "batch_size", "negative_candidates", "l2",
+        "recency_half_life", "validation_fraction", "validation_min_items", "patience", "warm_learning_rate",
+        "warm_epochs", "full_retrain_weekday", "image_features",
+    )},
+    **{name: ("preferences", name) for name in ("token_levels", "token_codes", "segment_levels", "torch_threads")},
+    "pools__task_retries": ("retries", "per_task"),
+    "pools__retry_delay_s": ("retries", "delay_s"),
+}  # fmt: skip
+
+
+def _take_legacy_names(data: dict) -> dict:
+    """Moves values given under a flat release's name (argument or `PMG_*` variable) to their group, with a
+    warning (a FutureWarning: the people who set these variables are users, whom Python shows those to); a
+    value given under the new name wins."""
+    import os
+    import warnings
+
+    data = dict(data)
+    environ = {name.upper(): value for name, value in os.environ.items()}
+    for old, (group, field) in LEGACY_NAMES.items():
+        if "__" in old:  # a field that left its group: pydantic-settings hands it over inside the old group
+            old_group, old_field = old.split("__")
+            given = data.get(old_group)
+            found = isinstance(given, dict) and old_field in given
+            value = dict(given).pop(old_field) if found else None
+            if found:
+                data[old_group] = {k: v for k, v in given.items() if k != old_field}
+        else:
+            found, value = old in data, data.pop(old, None)
+        variable = f"PMG_{old.upper()}"
+        if not found and variable in environ:
+            found, value = True, environ[variable]
+        if not found:
+            continue
+        new = f"PMG_{group.upper()}__{field.upper()}"
+        warnings.warn(
+            f"{variable} (or `{old}=`) is deprecated and will be removed in the next release; use {new} "
+            f"(or `{group}={{'{field}': ...}}`)", FutureWarning, stacklevel=4,
+        )  # fmt: skip
+        target = data.get(group)
+        if isinstance(target, BaseModel):
+            if field not in target.model_fields_set:
+                data[group] = target.model_copy(update={field: value})
+        else:
+            data[group] = {field: value, **(target or {})}
+    return data
+
+
 # What a named profile changes from the field defaults, group by group; the field defaults are `test` (tiny
 # and fast: laptops, CI, the demo). `production` is a night on real models on a GPU worker (H100/H200 class):
 # SD-1.5-sized images, enough steps and candidates to choose well, shards of about 10-20 GPU minutes
@@ -167,10 +308,14 @@ class Settings(BaseSettings):
 
     models: ModelPaths = ModelPaths()
     pools: Pools = Pools()
+    retries: Retries = Retries()
+    preferences: Preferences = Preferences()
+    validation: Validation = Validation()
     generation: Generation = Generation()
     token_embeddings: TokenEmbeddings = TokenEmbeddings()
     safety: Safety = Safety()
     keywords: Keywords = Keywords()
+    watching: Watching = Watching()
 
     lookback_days: int = Field(7, ge=1, description="extraction window: [ds - lookback + 1 day, ds + 1 day)")
     history_length: int = Field(5, ge=1, description="engaged items per user history (PMG uses 5)")
@@ -179,30 +324,6 @@ class Settings(BaseSettings):
     gx_max_rows: int = Field(100_000, ge=1, description="Great Expectations runs on a systematic sample above this many events")
     keyword_backend: KeywordBackend = "catalog"
     keywords_per_user: int = Field(8, ge=1)
-    token_levels: int = Field(2, ge=1, description="residual quantization levels")
-    token_codes: int = Field(16, ge=2, description="codes per level (docs/preference_graph.md: why 2 x 16)")
-    # A segment is the users who share their first `segment_levels` tokens of every view: 1 gives at most
-    # token_codes ** views segments (256 with two views), which is what keeps generation per segment cheap.
-    segment_levels: int = Field(1, ge=1, description="token levels per view that define a segment (<= token_levels)")
-    gnn_dim: int = Field(128, ge=4)
-    gnn_layers: int = Field(3, ge=1)
-    gnn_epochs: int = Field(40, ge=1, description="most epochs of a full retrain; early stopping ends most sooner")
-    # The preference GNN's training (docs/preference_graph.md has the measurements behind the defaults).
-    gnn_learning_rate: float = Field(0.01, gt=0, description="Adam step size of a full (cold) training")
-    gnn_batch_size: int = Field(8192, ge=1, description="BPR pairs per step")
-    gnn_negative_candidates: int = Field(8, ge=1, description="random items per positive; the hardest is the negative")
-    gnn_l2: float = Field(1e-4, ge=0)
-    gnn_recency_half_life: float = Field(20.0, ge=0, description="a user's interactions until an edge weighs half; 0: off")
-    gnn_validation_fraction: float = Field(0.1, ge=0, lt=1, description="each user's latest interactions held out")
-    gnn_validation_min_items: int = Field(10, ge=2, description="users with fewer items hold nothing out")
-    gnn_patience: int = Field(8, ge=1, description="epochs without a better validation Recall@20 before stopping")
-    gnn_warm_learning_rate: float = Field(0.006, gt=0, description="Adam step size of a nightly warm start")
-    gnn_warm_epochs: int = Field(3, ge=1, description="epochs of a nightly warm start")
-    gnn_full_retrain_weekday: int = Field(6, ge=-1, le=6, description="0=Monday..6=Sunday retrains from scratch; -1: never")
-    gnn_image_features: Literal["histogram", "clip"] = Field("histogram", description="clip needs models.clip")
-    # 1: the GNN runs beside the keyword stage, and on a busy 2-core machine two OpenMP threads made an Adam
-    # step 12x slower than one (docs/preference_graph.md).
-    torch_threads: int = Field(1, ge=1, description="intra-op threads of CPU training")
     movielens_dir: str = Field("", description="MovieLens CSVs for the preference-graph evaluation only")
     seed: int = 0
 
@@ -212,6 +333,7 @@ class Settings(BaseSettings):
         """Fields a profile names take its value unless they were given (by argument or variable)."""
         if not isinstance(data, dict):
             return data
+        data = _take_legacy_names(data)
         profile = data.get("profile", "test")
         if profile not in PROFILES:
             return data  # the field's own validation names the choices
@@ -227,10 +349,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fill_defaults_from_home(self) -> Settings:
-        if self.segment_levels > self.token_levels:
-            raise ValueError(
-                f"segment_levels ({self.segment_levels}) cannot exceed token_levels ({self.token_levels})"
-            )
         home = self.home.expanduser().resolve()
         self.home = home
         if not self.warehouse_url and not self.warehouse_conn_id:

@@ -8,6 +8,7 @@ file, which is what lets a retried task trust that a key that exists is complete
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import tempfile
@@ -101,6 +102,15 @@ class LocalStore:
             # readers, the group and others too.
             os.chmod(tmp, PUBLISHED_MODE)
             os.replace(tmp, final)
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            # The half-written temporary file goes (below); the object was never published, so nothing is corrupt.
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on the disk that holds {final.parent} while writing object {key!r}: free space "
+                "there (or move PMG_STORE_ROOT), then clear the failed tasks; objects already written are whole",
+            ) from error
         finally:
             tmp.unlink(missing_ok=True)
 

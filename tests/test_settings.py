@@ -66,6 +66,48 @@ def test_an_unknown_profile_names_the_choices():
         Settings(profile="fast")
 
 
+def test_knobs_are_grouped_the_way_users_think_of_them(tmp_path):
+    settings = Settings(home=tmp_path)
+    assert settings.preferences.dim == 128 and settings.preferences.token_levels == 2
+    assert settings.retries.per_task == 2 and settings.retries.delay_s == 120
+    assert not any(name.startswith("gnn_") for name in Settings.model_fields)
+    assert "task_retries" not in type(settings.pools).model_fields
+    with pytest.raises(ValidationError, match="segment_levels"):
+        Settings(home=tmp_path, preferences={"token_levels": 1, "segment_levels": 2})
+
+
+@pytest.mark.parametrize(
+    "variable, value, group, field, expected",
+    [
+        ("PMG_GNN_DIM", "64", "preferences", "dim", 64),
+        ("PMG_GNN_FULL_RETRAIN_WEEKDAY", "-1", "preferences", "full_retrain_weekday", -1),
+        ("PMG_TOKEN_CODES", "8", "preferences", "token_codes", 8),
+        ("PMG_SEGMENT_LEVELS", "2", "preferences", "segment_levels", 2),
+        ("PMG_POOLS__TASK_RETRIES", "0", "retries", "per_task", 0),
+        ("PMG_POOLS__RETRY_DELAY_S", "7", "retries", "delay_s", 7),
+    ],
+)
+def test_the_flat_names_of_the_first_release_still_work_and_warn(
+    monkeypatch, tmp_path, variable, value, group, field, expected
+):
+    monkeypatch.setenv(variable, value)
+    with pytest.warns(FutureWarning, match=variable):
+        settings = Settings(home=tmp_path)
+    assert getattr(getattr(settings, group), field) == expected
+
+
+def test_a_new_name_wins_over_its_deprecated_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("PMG_GNN_DIM", "64")
+    monkeypatch.setenv("PMG_PREFERENCES__DIM", "32")
+    with pytest.warns(FutureWarning):
+        assert Settings(home=tmp_path).preferences.dim == 32
+    monkeypatch.delenv("PMG_GNN_DIM")
+    with pytest.warns(FutureWarning, match="gnn_epochs"):
+        assert Settings(home=tmp_path, gnn_epochs=5, preferences={"epochs": 9}).preferences.epochs == 9
+    with pytest.warns(FutureWarning):
+        assert Settings(home=tmp_path, gnn_epochs=5).preferences.epochs == 5
+
+
 def test_the_llm_tasks_follow_the_model_onto_the_gpu_queue(tmp_path):
     pools = {"gpu_queue": "gpu", "gpu_slots": 4, "llm_slots": 2}
     assert Settings(home=tmp_path, pools=pools).placement("gpu") == ("pmg_gpu", "gpu", 4)

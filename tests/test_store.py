@@ -89,3 +89,24 @@ def test_local_objects_are_published_readable_by_group_and_others(tmp_path):
         path.write_bytes(b"png")
     for key in store.list_keys(""):
         assert stat.S_IMODE(store.path(key).stat().st_mode) == 0o644, key
+
+
+def test_a_full_disk_names_the_folder_and_leaves_nothing_half_written(tmp_path):
+    import errno
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        store = LocalStore(folder)
+        store.put_bytes("creatives/a.png", b"small")
+        with pytest.raises(OSError, match="no space left on the disk that holds .*creatives.* 'creatives/b.png'") as error:
+            store.put_bytes("creatives/b.png", b"\0" * 200_000)
+        assert error.value.errno == errno.ENOSPC
+        assert store.list_keys("creatives/") == ["creatives/a.png"]
+        assert store.get_bytes("creatives/a.png") == b"small"
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)

@@ -212,7 +212,7 @@ def _segments(settings: Settings, ds: str) -> tuple[int, str]:
     if key is not None:
         return len(set(_column(settings, key, "segment_id"))), key
     # Every token tuple of the coarse levels, plus the users no token describes yet.
-    bound = settings.token_codes ** (VIEWS * settings.segment_levels) + 1
+    bound = settings.preferences.token_codes ** (VIEWS * settings.preferences.segment_levels) + 1
     return bound, f"at most token_codes^(2 x segment_levels) + 1 = {bound} (no earlier night in the store)"
 
 

@@ -76,7 +76,7 @@ def item_image_features(
     images = read_item_images(named, store)
     if encoder == "clip":
         if not clip_model:
-            raise ValueError("gnn_image_features is 'clip' but models.clip is not set")
+            raise ValueError("preferences.image_features is 'clip' but models.clip is not set")
         features = _clip_features(images, clip_model)
     elif encoder == "histogram":
         features = {}

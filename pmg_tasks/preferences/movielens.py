@@ -95,3 +95,19 @@ def user_tag_keywords(data: MovieLens, per_user: int = 8):
     counts = counts.sort_values(["user_id", "n", "tag"], ascending=[True, False, True])
     top = counts.groupby("user_id").head(per_user).groupby("user_id")["tag"].agg(list)
     return pd.DataFrame({"user_id": top.index, "preference_keywords": top.to_numpy()})
+
+
+def positive_events(data: MovieLens, positive_rating: float = POSITIVE_RATING):
+    """The protocol's positives as events (`user_id`, `item_id`, `event_type`, `event_ts`): one view per
+    positive, so an evaluation reads MovieLens the way it reads a warehouse."""
+    import pandas as pd
+
+    positives = data.ratings[data.ratings["rating"] >= positive_rating]
+    return pd.DataFrame(
+        {
+            "user_id": positives["user_id"].to_numpy(),
+            "item_id": positives["item_id"].to_numpy(),
+            "event_type": "view",
+            "event_ts": pd.to_datetime(positives["timestamp"].to_numpy(), unit="s"),
+        }
+    )

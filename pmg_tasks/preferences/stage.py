@@ -69,16 +69,16 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         )
     items = read_frame(store, items_key)
     image_features = item_image_features(
-        items, store, encoder=settings.gnn_image_features, clip_model=settings.models.clip
+        items, store, encoder=settings.preferences.image_features, clip_model=settings.models.clip
     )
 
-    # 1. Where tonight starts: last night's version, unless tonight retrains from scratch.
-    parent = warm_start_version(store, ds)
-    previous = _load_version(store, parent) if parent else None
-    resized = previous is not None and previous["checkpoint"]["dim"] != settings.gnn_dim
+    # 1. Where tonight starts: last night's version (a damaged one passed over for an earlier one), unless
+    # tonight retrains from scratch.
+    parent, previous, passed_over = _load_warm_start(store, ds)
+    resized = previous is not None and previous["checkpoint"]["dim"] != settings.preferences.dim
     if resized:
         log.warning(
-            "model version %s has gnn_dim %d; retraining from scratch", parent, previous["checkpoint"]["dim"]
+            "model version %s has preferences.dim %d; retraining from scratch", parent, previous["checkpoint"]["dim"]
         )
     full_retrain = previous is None or resized or is_full_retrain_day(settings, ds)
     warm = None if full_retrain else previous
@@ -86,7 +86,7 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
     known_items = warm["checkpoint"]["item_ids"] if warm else []
 
     started = time.perf_counter()
-    with _torch_threads(settings.torch_threads):
+    with _torch_threads(settings.preferences.torch_threads):
         # 2. The graph, over tonight's ids plus every id the warm version knew.
         source = f"{events_key} / {items_key}"
         graph = _graph(settings, events, items, image_features, known_users, known_items, source)
@@ -116,7 +116,7 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
     active = [graph.user_ids[row] for row in graph.active_users()]
     tokens = {user: [t for view in model.views for t in view_tokens[view].get(user, [])] for user in active}
     # A segment is a coarse taste (the first levels of every view); the finer tokens stay the user's own.
-    levels = settings.segment_levels
+    levels = settings.preferences.segment_levels
     segment_tokens = {
         user: [t for view in model.views for t in view_tokens[view].get(user, [])[:levels]] for user in active
     }
@@ -161,11 +161,11 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         "stopped_early": training.stopped_early,
         "validation_recall@20": max(training.validation) if training.validation else None,
         "train_seconds": round(seconds, 3),
-        "learning_rate": settings.gnn_warm_learning_rate if warm else settings.gnn_learning_rate,
+        "learning_rate": settings.preferences.warm_learning_rate if warm else settings.preferences.learning_rate,
         "first_loss": training.losses[0],
         "final_loss": training.losses[-1],
-        "token_levels": settings.token_levels,
-        "token_codes": settings.token_codes,
+        "token_levels": settings.preferences.token_levels,
+        "token_codes": settings.preferences.token_codes,
         "quantization": quantization,
         "reconstruction_error": quantization[TEXT_VIEW]["reconstruction_error"],
         "segments": n_segments,
@@ -174,6 +174,8 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         "descriptors": len(descriptors),
         "descriptors_use_keywords": keywords is not None,
         "warm_started": warm is not None,
+        # Versions that could not be read back, newest first: tonight started from an earlier one instead.
+        "damaged_versions_passed_over": passed_over,
         "warm_start_from": parent if warm else None,
         "previous_version": parent,
         "codebooks_warm_started": all(q["codebooks_warm_started"] for q in quantization.values()),
@@ -191,13 +193,14 @@ def update_preference_tokens(settings: Settings, ds: str) -> dict[str, Any]:
         "segments": n_segments,
         "version": ds,
         "warm_start_from": parent if warm else None,
+        "damaged_versions_passed_over": [entry["version"] for entry in passed_over],
         "tokens_key": tokens_key,
     }
 
 
 def is_full_retrain_day(settings: Settings, ds: str) -> bool:
-    """Whether `ds` is the weekday (`gnn_full_retrain_weekday`) on which the GNN retrains from scratch."""
-    return dt.date.fromisoformat(ds).weekday() == settings.gnn_full_retrain_weekday
+    """Whether `ds` is the weekday (`preferences.full_retrain_weekday`) on which the GNN retrains from scratch."""
+    return dt.date.fromisoformat(ds).weekday() == settings.preferences.full_retrain_weekday
 
 
 def interactions_hashes(events: pd.DataFrame) -> dict[str, str]:
@@ -241,7 +244,7 @@ def _graph(
             items,
             known_user_ids=known_users,
             known_item_ids=known_items,
-            recency_half_life=settings.gnn_recency_half_life,
+            recency_half_life=settings.preferences.recency_half_life,
             image_features=image_features,
         )
     except ValueError as error:
@@ -261,24 +264,24 @@ def _train(
 
     feature_dims = {view: features.shape[1] for view, features in graph.item_features.items()}
     model = ModalPreferenceGNN(
-        graph.num_users, graph.num_items, settings.gnn_dim, settings.gnn_layers, feature_dims
+        graph.num_users, graph.num_items, settings.preferences.dim, settings.preferences.layers, feature_dims
     )
     model.reset_parameters(torch.Generator().manual_seed(settings.seed))
     common = {
         "seed": settings.seed,
-        "batch_size": settings.gnn_batch_size,
-        "l2": settings.gnn_l2,
-        "negative_candidates": settings.gnn_negative_candidates,
+        "batch_size": settings.preferences.batch_size,
+        "l2": settings.preferences.l2,
+        "negative_candidates": settings.preferences.negative_candidates,
     }
     if warm is not None:
         _copy_known_rows(model, graph, warm["checkpoint"])
-        epochs, learning_rate = settings.gnn_warm_epochs, settings.gnn_warm_learning_rate
+        epochs, learning_rate = settings.preferences.warm_epochs, settings.preferences.warm_learning_rate
         return model, train_bpr(model, graph, epochs=epochs, learning_rate=learning_rate, **common)
 
     # Each (user, item)'s latest event decides when it happened; the latest pairs of each user are held out.
     pairs = events.groupby(["user_id", "item_id"], as_index=False)["event_ts"].max()
     fit_pairs, held = temporal_holdout(
-        pairs, settings.gnn_validation_fraction, min_interactions=settings.gnn_validation_min_items,
+        pairs, settings.preferences.validation_fraction, min_interactions=settings.preferences.validation_min_items,
         time_column="event_ts",
     )  # fmt: skip
     validation, fit_graph = None, graph
@@ -291,8 +294,8 @@ def _train(
         )
         validation = ranking_task(fit_graph, fit_pairs, held)
     training = train_bpr(
-        model, fit_graph, epochs=settings.gnn_epochs, learning_rate=settings.gnn_learning_rate,
-        validation=validation, patience=settings.gnn_patience, **common,
+        model, fit_graph, epochs=settings.preferences.epochs, learning_rate=settings.preferences.learning_rate,
+        validation=validation, patience=settings.preferences.patience, **common,
     )  # fmt: skip
     return model, training
 
@@ -318,13 +321,13 @@ def _quantize_view(
     rows = graph.view_users(view)
     users = [graph.user_ids[row] for row in rows]
     preferences = F.normalize(user_embedding[torch.tensor(rows, dtype=torch.long)], dim=1)
-    shape = (settings.token_levels, settings.token_codes, settings.gnn_dim)
+    shape = (settings.preferences.token_levels, settings.preferences.token_codes, settings.preferences.dim)
     init = _previous_codebooks(warm, view, shape)
     codebooks = fit_residual_codebooks(
-        preferences, settings.token_levels, settings.token_codes, seed=settings.seed, init=init
+        preferences, settings.preferences.token_levels, settings.preferences.token_codes, seed=settings.seed, init=init
     )
     codes = assign_codes(preferences, codebooks)
-    previous_codes = _previous_codes(last_tokens, view, users, settings.token_levels)
+    previous_codes = _previous_codes(last_tokens, view, users, settings.preferences.token_levels)
     if previous_codes is not None:
         known = previous_codes[:, 0] >= 0
         books, _ = align_codes(codebooks, codes[known], previous_codes[known])
@@ -392,16 +395,44 @@ def warm_start_version(store: ObjectStore, ds: str) -> str | None:
     Nightly that is `LATEST`. When `LATEST` is `ds` itself or later (a rerun or a backfill), it is the newest
     complete version before `ds`, so rerunning a date retraces the same steps instead of building on itself.
     """
-    latest = read_latest_version(store)
-    if latest is not None and latest < ds:
-        return latest
+    versions = warm_start_versions(store, ds)
+    return versions[0] if versions else None
+
+
+def warm_start_versions(store: ObjectStore, ds: str) -> list[str]:
+    """The versions `ds` may start from, best first: `warm_start_version`, then every earlier complete
+    version, newest first (where a damaged one sends the night)."""
     complete = {
         key.removeprefix(GNN_MODELS_PREFIX).split("/")[0]
         for key in store.list_keys(GNN_MODELS_PREFIX)
         if key.endswith("/" + CODEBOOKS_FILE)
     }
-    earlier = sorted(version for version in complete if version < ds)
-    return earlier[-1] if earlier else None
+    earlier = sorted((version for version in complete if version < ds), reverse=True)
+    latest = read_latest_version(store)
+    if latest is not None and latest < ds:
+        return [latest, *(version for version in earlier if version != latest)]
+    return earlier
+
+
+def _load_warm_start(store: ObjectStore, ds: str) -> tuple[str | None, dict | None, list[dict[str, str]]]:
+    """The newest version `ds` may start from that reads back, its checkpoint and codebooks, and the damaged
+    versions passed over on the way (each with the reason); (None, None, ...) means a cold start."""
+    import pickle
+    import zipfile
+
+    passed_over = []
+    for version in warm_start_versions(store, ds):
+        try:
+            return version, _load_version(store, version), passed_over
+        except (RuntimeError, EOFError, OSError, KeyError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'}"[:300]
+            log.warning(
+                "preference model version %s is damaged (%s): passing over it for an earlier version", version, reason
+            )
+            passed_over.append({"version": version, "reason": reason})
+    if passed_over:
+        log.warning("no earlier preference model version reads back: tonight trains from scratch")
+    return None, None, passed_over
 
 
 def read_latest_version(store: ObjectStore) -> str | None:

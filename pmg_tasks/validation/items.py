@@ -30,7 +30,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 from pmg_tasks.text_safety import clean_text
-from pmg_tasks.validation.rules import CONTROL_CHARS_PY, MAX_ID_LENGTH
+from pmg_tasks.validation.rules import CONTROL_CHARS_PY, MAX_ID_LENGTH, has_format_characters, is_null_like
 from pmg_tasks.warehouse import ITEM_COLUMNS
 
 if TYPE_CHECKING:
@@ -64,8 +64,13 @@ ITEM_RULES: tuple[ItemRule, ...] = (
     ItemRule("item_id_null", "item_id is null; every catalog row needs one"),
     ItemRule("item_id_invalid_utf8", "item_id is not valid UTF-8; an id cannot be repaired"),
     ItemRule("item_id_empty", "item_id is empty or only blanks"),
+    ItemRule("item_id_null_like", 'item_id spells a missing value ("null", "NaN", "None", ...), not an id'),
     ItemRule("item_id_too_long", f"item_id is longer than {MAX_ID_LENGTH} characters"),
     ItemRule("item_id_control_characters", "item_id contains control characters (NUL, tab, newline, ...)"),
+    ItemRule(
+        "item_id_format_characters",
+        "item_id contains invisible format characters (Unicode category Cf, e.g. the bidi override U+202E)",
+    ),
     ItemRule("title_missing", "title is null, empty or only control characters and blanks"),
     ItemRule("attributes_not_json", "attributes is not a JSON object"),
     ItemRule("attributes_too_large", f"attributes is longer than {MAX_ATTRIBUTES_CHARS} characters"),
@@ -159,10 +164,14 @@ class CatalogCheck:
             return "item_id_invalid_utf8"
         if not item_id.strip(" "):
             return "item_id_empty"
+        if is_null_like(item_id):
+            return "item_id_null_like"
         if len(item_id) > MAX_ID_LENGTH:
             return "item_id_too_long"
         if _CONTROL.search(item_id):
             return "item_id_control_characters"
+        if not item_id.isascii() and has_format_characters(item_id):
+            return "item_id_format_characters"
         if not _uncapped(row["title"]):
             return "title_missing"
         attributes = row["attributes"]
@@ -317,6 +326,11 @@ def _reason(rule: str, row: dict[str, Any]) -> str:
         return f"item_id {shown} is {len(row['item_id'])} characters long (max {MAX_ID_LENGTH})"
     if rule == "item_id_control_characters":
         return f"item_id {shown} contains control characters (NUL, tab, newline, ...)"
+    if rule == "item_id_format_characters":
+        code = next(ord(ch) for ch in row["item_id"] if has_format_characters(ch))
+        return f"item_id {_shown(row['item_id'])} contains the invisible format character U+{code:04X} (Unicode Cf)"
+    if rule == "item_id_null_like":
+        return f"item_id {_shown(row['item_id'])} spells a missing value, not an id"
     if rule == "item_id_invalid_utf8":
         return f"item_id {shown} is not valid UTF-8 (undecodable bytes shown as U+FFFD)"
     if rule == "title_missing":
@@ -331,8 +345,10 @@ def _reason(rule: str, row: dict[str, Any]) -> str:
 
 
 def _shown(value: str | None, width: int = 40) -> str:
-    """A value for a reason sentence: quoted, control characters escaped, cut to `width`."""
+    """A value for a reason sentence: quoted, control and format characters escaped, cut to `width`."""
     if value is None:
         return "null"
     escaped = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value[: width * 2])
+    if not escaped.isascii():  # a bidi override would turn the rest of the sentence around
+        escaped = "".join(f"\\u{ord(ch):04x}" if has_format_characters(ch) else ch for ch in escaped)
     return "'" + escaped[:width] + ("…" if len(value) > width else "") + "'"

@@ -10,7 +10,9 @@ Reads `events.parquet` and `items.parquet` of the run (and, when extraction wrot
 
 Nothing is dropped silently: extracted == valid + quarantined is checked before anything is published.
 The run stops (BadDataError) when the quarantined fraction passes `settings.max_bad_fraction`, after
-the three files are written, so the engineer has them to look at.
+the three files are written, so the engineer has them to look at. Exact copies of an event (an
+at-least-once redelivery) are quarantined but, with settings.validation.exact_duplicates_exempt (the
+default), left out of that fraction: (quarantined - exact copies) / (extracted - exact copies).
 
 How it stays fast (ten million events in seconds on two cores, see benchmarks/extract_validate.py and
 docs/warehouse.md): the row work is DuckDB SQL straight over the Parquet files, and each file is written
@@ -56,6 +58,7 @@ from pmg_tasks.validation.rules import (
     reason_sql,
     rule_sql,
     sql_string,
+    suspect_ids_sql,
 )
 from pmg_tasks.validation.suite import run_suite
 from pmg_tasks.warehouse import (
@@ -186,16 +189,25 @@ def validate_events(
 
     items_report_key = run_key(ds, "items_validation.json")
     items_report = read_json(store, items_report_key) if store.exists(items_report_key) else None
-    bad_fraction = quarantined / extracted if extracted else 0.0
+    outside_key = run_key(ds, "events_outside_windows.json")
+    outside = read_json(store, outside_key) if store.exists(outside_key) else None
+    # A redelivered copy is no sign of bad data: it leaves both sides of the fraction (when exempt).
+    exempt = by_rule["exact_duplicate_event"] if settings.validation.exact_duplicates_exempt else 0
+    counted = quarantined - exempt
+    bad_fraction = counted / (extracted - exempt) if extracted - exempt else 0.0
     passed = bad_fraction <= settings.max_bad_fraction
     report = {
         "ds": ds,
         "extracted": extracted,
         "valid": valid,
         "quarantined": quarantined,
+        "exact_duplicates": by_rule["exact_duplicate_event"],
+        "exact_duplicates_exempt": settings.validation.exact_duplicates_exempt,
+        "counted_toward_threshold": counted,
         "bad_fraction": bad_fraction,
         "threshold": settings.max_bad_fraction,
         "passed": passed,
+        "events_outside_windows": outside,
         "by_rule": by_rule,
         "rules": [{"name": rule.name, "reason": rule.reason} for rule in RULES],
         "window": {"start": window_start.isoformat(), "end": window_end.isoformat()},
@@ -213,9 +225,16 @@ def validate_events(
             log.warning("quarantined %d events: %s", count, name)
 
     if not passed:
+        counted_by_rule = dict(by_rule, exact_duplicate_event=by_rule["exact_duplicate_event"] - exempt)
         raise BadDataError(
             _threshold_message(
-                extracted, bad_fraction, settings.max_bad_fraction, by_rule, quarantine_key, report_key
+                extracted - exempt,
+                bad_fraction,
+                settings.max_bad_fraction,
+                counted_by_rule,
+                quarantine_key,
+                report_key,
+                exempt,
             ),
             report=report,
         )
@@ -368,7 +387,7 @@ def _prepare(
         )
     else:
         con.execute("CREATE TEMP TABLE item_rules (item_id VARCHAR, rule VARCHAR)")
-    con.execute("CREATE TEMP TABLE later_copies (_row BIGINT)")
+    con.execute("CREATE TEMP TABLE later_copies (_row BIGINT, exact BOOLEAN)")
     con.execute("SET VARIABLE pmg_window_start = $1", [window_start])
     con.execute("SET VARIABLE pmg_window_end = $1", [window_end])
     con.execute("SET VARIABLE pmg_now = $1", [now])
@@ -386,9 +405,11 @@ def _prepare(
         "CAST(getvariable('pmg_window_end') AS TIMESTAMP) AS _window_end, "
         "CAST(getvariable('pmg_now') AS TIMESTAMP) AS _now, "
         "c.item_id IS NOT NULL AS _in_catalog, "
+        f"{suspect_ids_sql('c.item_id IS NOT NULL', 'e')} AS _suspect_ids, "
         f"{item_rule} IS NOT NULL AS _item_quarantined, "
         f"{item_rule} AS _item_rule, "
-        "l._row IS NOT NULL AS _duplicate "
+        "coalesce(NOT l.exact, false) AS _duplicate, "
+        "coalesce(l.exact, false) AS _exact_duplicate "
         f"FROM events e LEFT JOIN catalog c ON c.item_id = e.item_id {item_join}"
         "LEFT JOIN later_copies l ON l._row = e._row"
     )
@@ -420,7 +441,8 @@ def _is_in_order(con: duckdb.DuckDBPyConnection) -> bool:
 
 def _mark_later_copies(con: duckdb.DuckDBPyConnection, extracted: int) -> None:
     """Fill `later_copies` with the row numbers of every copy of an event_id but the first (by event_ts,
-    then file order).
+    then file order), each with whether it is an exact copy of that first one (every column the same,
+    nulls equal: an at-least-once redelivery) or a near-duplicate (the same id, other content).
 
     Repeated ids are found by sorting the ids' 64-bit hashes in numpy (8 bytes an event; several times
     cheaper than grouping ten million strings or hashes in SQL); the few rows whose hash repeats are then
@@ -447,11 +469,17 @@ def _mark_later_copies(con: duckdb.DuckDBPyConnection, extracted: int) -> None:
         con.execute(
             """
             INSERT INTO later_copies
-            SELECT _row FROM (
-                SELECT _row,
-                       row_number() OVER (PARTITION BY event_id ORDER BY event_ts NULLS LAST, _row) AS occurrence
-                FROM events
-                WHERE event_id IS NOT NULL AND hash(event_id) IN (SELECT h FROM pmg_repeated_hashes)
+            SELECT _row, content IS NOT DISTINCT FROM first_content FROM (
+                SELECT _row, content,
+                       row_number() OVER copies AS occurrence,
+                       first_value(content) OVER copies AS first_content
+                FROM (
+                    SELECT _row, event_id, event_ts,
+                           struct_pack(user_id, item_id, session_id, event_type, event_ts, dwell_seconds) AS content
+                    FROM events
+                    WHERE event_id IS NOT NULL AND hash(event_id) IN (SELECT h FROM pmg_repeated_hashes)
+                )
+                WINDOW copies AS (PARTITION BY event_id ORDER BY event_ts NULLS LAST, _row)
             ) WHERE occurrence > 1
             """
         ).fetchall()
@@ -624,13 +652,17 @@ def _threshold_message(
     by_rule: dict[str, int],
     quarantine_key: str,
     report_key: str,
+    exempt: int = 0,
 ) -> str:
     failing = sorted(
         ((n, c) for n, c in by_rule.items() if c), key=lambda nc: (-nc[1], RULE_NAMES.index(nc[0]))
     )
     shown, shown_limit = _percents(bad_fraction, limit)
     counts = ", ".join(f"{name}={count:,}" for name, count in failing)
+    redelivered = (
+        f" ({exempt:,} exact copies of other events, also quarantined, are not counted)" if exempt else ""
+    )
     return (
-        f"{shown} of {extracted:,} events failed validation (max {shown_limit}): {counts}; "
+        f"{shown} of {extracted:,} events failed validation (max {shown_limit}): {counts}{redelivered}; "
         f"see {quarantine_key} (rows with rule and reason) and {report_key}"
     )

@@ -28,6 +28,7 @@ from pmg_tasks.validation.rules import (
     KEY_COLUMNS,
     MAX_DWELL_SECONDS,
     MAX_ID_LENGTH,
+    format_chars_py,
 )
 from pmg_tasks.warehouse import EVENT_COLUMNS
 
@@ -45,6 +46,8 @@ def build_expectations(window_start: datetime, window_end: datetime) -> list[Any
     import great_expectations as gx
 
     E = gx.expectations
+    # Control or invisible format characters, as rules id_control_characters and id_format_characters.
+    suspect_chars = f"(?:{CONTROL_CHARS_PY}|{format_chars_py()})"
     expectations: list[Any] = [E.ExpectColumnToExist(column=c) for c in EVENT_COLUMNS]
     expectations += [E.ExpectColumnValuesToNotBeNull(column=c) for c in KEY_COLUMNS]
     expectations.append(E.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(EVENT_TYPES)))
@@ -62,9 +65,7 @@ def build_expectations(window_start: datetime, window_end: datetime) -> list[Any
         )
         for c in ID_COLUMNS
     ]
-    expectations += [
-        E.ExpectColumnValuesToNotMatchRegex(column=c, regex=CONTROL_CHARS_PY) for c in ID_COLUMNS
-    ]
+    expectations += [E.ExpectColumnValuesToNotMatchRegex(column=c, regex=suspect_chars) for c in ID_COLUMNS]
     return expectations
 
 

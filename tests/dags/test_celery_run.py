@@ -39,8 +39,8 @@ def tiny_night(settings, test_size_models):
 
     tuned = settings.model_copy(update={
         "models": test_size_models,
-        "pools": settings.pools.model_copy(update={"gpu_queue": "gpu", "gpu_slots": 1, "llm_slots": 1,
-                                                    "task_retries": 0}),
+        "pools": settings.pools.model_copy(update={"gpu_queue": "gpu", "gpu_slots": 1, "llm_slots": 1}),
+        "retries": settings.retries.model_copy(update={"per_task": 0}),
         "generation": settings.generation.model_copy(update={"requests_per_shard": 6}),
         "keywords": settings.keywords.model_copy(update={"users_per_shard": 12}),
         "token_embeddings": settings.token_embeddings.model_copy(update={"steps_per_token": 1}),

@@ -47,7 +47,7 @@ def test_parsing_imports_no_heavy_library():
 def test_every_task_retries_and_the_dag_is_tagged(nightly):
     assert nightly.tags and "pmg" in nightly.tags
     for task in nightly.tasks:
-        assert task.retries == Settings().pools.task_retries >= 1, f"{task.task_id} has no retries"
+        assert task.retries == Settings().retries.per_task >= 1, f"{task.task_id} has no retries"
         assert task.execution_timeout is not None, f"{task.task_id} has no execution timeout"
 
 

@@ -23,8 +23,8 @@ def manifest_of(store, ds: str) -> pd.DataFrame:
 
 def test_nightly_dag_end_to_end_and_idempotent_rerun(seeded_settings, test_size_models, run_date):
     # No retries: a broken stage should fail this test in seconds, not after minutes of backoff.
-    pools = seeded_settings.pools.model_copy(update={"task_retries": 0})
-    settings = seeded_settings.model_copy(update={"models": test_size_models, "pools": pools})
+    retries = seeded_settings.retries.model_copy(update={"per_task": 0})
+    settings = seeded_settings.model_copy(update={"models": test_size_models, "retries": retries})
     store = open_store(settings)
 
     run_nightly_dag(settings, run_date)

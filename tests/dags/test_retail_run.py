@@ -80,7 +80,7 @@ def test_a_retail_catalog_runs_end_to_end_and_reads_like_its_products(tmp_path, 
     monkeypatch.setenv("PMG_HOME", str(home))
     for role, path in test_size_models.model_dump().items():
         monkeypatch.setenv(f"PMG_MODELS__{role.upper()}", path)
-    monkeypatch.setenv("PMG_POOLS__TASK_RETRIES", "0")  # a broken stage fails in seconds, not after backoff
+    monkeypatch.setenv("PMG_RETRIES__PER_TASK", "0")  # a broken stage fails in seconds, not after backoff
     monkeypatch.setenv("PMG_KEYWORDS__SCENARIO", "product_banners")
 
     catalog = write_catalog(tmp_path / "products.csv")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -155,3 +156,21 @@ def test_unanswered_requests_fail_the_shard_but_keep_what_was_answered(shop, cha
     assert store.list_keys("cache/keywords/") == []
     stats = read_json(store, run_key(DS, "stats/keywords.json"))
     assert stats["failed_calls"] == stats["cache_misses"]
+
+
+def test_a_rerun_asks_only_what_failed_and_judges_the_share_of_the_whole_shard(shop, chat_server):
+    def answer(body, attempt):
+        # One user in five never gets an integrated answer, on every attempt.
+        content = body["messages"][-1]["content"].encode()
+        if schema_fields(body) == ["keywords"] and hashlib.sha256(content).digest()[0] % 5 == 0:
+            return 503, "down", 0.0
+        return well_formed(body, attempt)
+
+    chat_server.answer = answer
+    settings = openai_settings(shop, chat_server, retries=0, max_failed_fraction=0.4)
+    extract_keywords(settings, DS)
+    failed_first = read_json(open_store(settings), run_key(DS, "stats/keywords.json"))["failed_calls"]
+    asked_first = chat_server.calls()
+    # The rerun asks only for what failed; every one of those fails again, yet the shard's share is the same.
+    extract_keywords(settings, DS)
+    assert chat_server.calls() - asked_first == failed_first > 0

@@ -35,7 +35,7 @@ def test_the_stage_beats_popularity_and_bpr_mf(tmp_path):
     data = load_movielens(DATA)
     split = movielens_split(data)
     events, items = as_events(split.train), as_items(data.movies)
-    settings = Settings(home=tmp_path, gnn_full_retrain_weekday=-1)
+    settings = Settings(home=tmp_path, preferences={"full_retrain_weekday": -1})
     run_night(settings, NIGHT_3, events, items)
     graph, _, users, item_vectors = stage_embeddings(settings, NIGHT_3, events, items)
     gnn = evaluate(graph, users, item_vectors, split)

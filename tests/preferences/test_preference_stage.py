@@ -20,7 +20,7 @@ TOKEN = re.compile(r"<pref_txt_(\d+)_(\d+)>")
 
 @pytest.fixture
 def settings(tmp_path):
-    return Settings(home=tmp_path, store_root=str(tmp_path / "store"), token_levels=2, token_codes=8)
+    return Settings(home=tmp_path, store_root=str(tmp_path / "store"), preferences={"token_levels": 2, "token_codes": 8})
 
 
 @pytest.fixture
@@ -56,13 +56,13 @@ def test_outputs_have_the_published_schema(settings, store, night_1, make_events
     assert sorted(frame["user_id"]) == sorted(make_events(NIGHT_1)["user_id"].unique())
     assert frame["user_id"].is_unique
     for tokens in frame["tokens"]:
-        assert len(tokens) == settings.token_levels
+        assert len(tokens) == settings.preferences.token_levels
         parsed = [TOKEN.fullmatch(token) for token in tokens]
         assert all(parsed), tokens
-        assert [int(m.group(1)) for m in parsed] == list(range(settings.token_levels))
-        assert all(0 <= int(m.group(2)) < settings.token_codes for m in parsed)
+        assert [int(m.group(1)) for m in parsed] == list(range(settings.preferences.token_levels))
+        assert all(0 <= int(m.group(2)) < settings.preferences.token_codes for m in parsed)
     # A segment is the users sharing their first `segment_levels` tokens of every view, and nothing else.
-    coarse = frame["tokens"].map(lambda tokens: tuple(tokens[: settings.segment_levels]))
+    coarse = frame["tokens"].map(lambda tokens: tuple(tokens[: settings.preferences.segment_levels]))
     assert (frame["segment_tokens"].map(tuple) == coarse).all()
     assert frame.groupby(coarse)["segment_id"].nunique().eq(1).all()
     assert frame["segment_id"].nunique() == coarse.nunique() < frame["tokens"].map(tuple).nunique()
@@ -71,7 +71,7 @@ def test_outputs_have_the_published_schema(settings, store, night_1, make_events
     assert report["users"] == len(frame) == result["users"] == 50
     assert report["items"] == 40
     assert report["items_without_text"] == 0
-    assert report["edges"] > 0 and report["epochs"] == settings.gnn_epochs
+    assert report["edges"] > 0 and report["epochs"] == settings.preferences.epochs
     assert report["final_loss"] < report["first_loss"]
     assert 0 <= report["reconstruction_error"] < 1
     assert report["segments"] == result["segments"] > 1
@@ -233,8 +233,9 @@ def test_token_churn_counts_unchanged_users(settings, store, night_1, night_2):
 def test_weekly_full_retrain_starts_fresh_but_keeps_code_numbers(settings, store, night_1, night_2):
     update_preference_tokens(settings, NIGHT_1)
     first = tokens_by_user(store, NIGHT_1)
+    weekday = dt.date.fromisoformat(NIGHT_2).weekday()
     retrain = settings.model_copy(
-        update={"gnn_full_retrain_weekday": dt.date.fromisoformat(NIGHT_2).weekday()}
+        update={"preferences": settings.preferences.model_copy(update={"full_retrain_weekday": weekday})}
     )
     result = update_preference_tokens(retrain, NIGHT_2)
     report = read_json(store, run_key(NIGHT_2, "preference_graph.json"))
@@ -258,7 +259,7 @@ def test_full_retrain_stops_early_on_each_users_latest_items(settings, store, ma
         store, run_key(NIGHT_1, "events_valid.parquet"), make_events(NIGHT_1, n_items=80, per_user=12)
     )
     write_table(store, run_key(NIGHT_1, "items.parquet"), make_items(80))
-    update_preference_tokens(settings.model_copy(update={"gnn_epochs": 60, "gnn_patience": 3}), NIGHT_1)
+    update_preference_tokens(settings.model_copy(update={"preferences": settings.preferences.model_copy(update={"epochs": 60, "patience": 3})}), NIGHT_1)
     report = read_json(store, run_key(NIGHT_1, "preference_graph.json"))
 
     assert report["validation_recall@20"] > 0.3
@@ -288,9 +289,30 @@ def test_items_with_images_give_image_tokens(settings, store, night_1, make_item
     for row in frame.itertuples():
         assert [t for t in row.tokens if t.startswith("<pref_txt_")] == list(row.txt_tokens)
         assert [t for t in row.tokens if t.startswith("<pref_img_")] == list(row.img_tokens)
-        assert len(row.img_tokens) in (0, settings.token_levels)
-        levels = settings.segment_levels
+        assert len(row.img_tokens) in (0, settings.preferences.token_levels)
+        levels = settings.preferences.segment_levels
         assert list(row.segment_tokens) == [*row.txt_tokens[:levels], *row.img_tokens[:levels]]
     assert frame["segment_id"].nunique() == frame["segment_tokens"].map(tuple).nunique()
     descriptors = read_frame(store, run_key(NIGHT_1, "token_descriptors.parquet"))
     assert set(descriptors["view"]) == {"txt", "img"}
+
+
+def test_a_damaged_checkpoint_is_passed_over_for_the_earlier_version_and_the_night_says_so(
+    settings, store, night_1, night_2, caplog
+):
+    update_preference_tokens(settings, NIGHT_1)
+    # An intact version before night 1, then night 1's checkpoint cut short.
+    earlier = "2026-11-19"
+    for name in ("checkpoint.pt", "codebooks.pt"):
+        store.put_bytes(gnn_model_prefix(earlier) + name, store.get_bytes(gnn_model_prefix(NIGHT_1) + name))
+    damaged = gnn_model_prefix(NIGHT_1) + "checkpoint.pt"
+    store.put_bytes(damaged, store.get_bytes(damaged)[:200])
+
+    with caplog.at_level("WARNING", logger="pmg_tasks.preferences.stage"):
+        result = update_preference_tokens(settings, NIGHT_2)
+    report = read_json(store, run_key(NIGHT_2, "preference_graph.json"))
+    assert result["warm_start_from"] == report["warm_start_from"] == earlier
+    assert result["damaged_versions_passed_over"] == [NIGHT_1]
+    assert report["damaged_versions_passed_over"][0]["version"] == NIGHT_1
+    assert f"preference model version {NIGHT_1} is damaged" in caplog.text
+    assert read_latest_version(store) == NIGHT_2

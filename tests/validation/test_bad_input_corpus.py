@@ -12,14 +12,17 @@ import json
 import math
 from datetime import datetime, timedelta
 
+import pandas as pd
 import pytest
 
 from pmg_tasks.extract import extract_clickstream
 from pmg_tasks.layout import run_key
+from pmg_tasks.report import render_report
 from pmg_tasks.settings import Settings
 from pmg_tasks.store import open_store, read_json, read_table
 from pmg_tasks.validation import BadDataError, validate_events
 from pmg_tasks.validation.items import MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
+from pmg_tasks.validation.rules import has_format_characters, is_null_like
 from pmg_tasks.warehouse import connect
 
 DS = "2026-11-20"
@@ -34,6 +37,9 @@ HARD_ITEMS = [
     (("   ", b"Blank id", None, None, None, None, OLD), "item_id_empty"),
     (("i" * 129, b"Long id", None, None, None, None, OLD), "item_id_too_long"),
     (("item\tTAB", b"Tab in id", None, None, None, None, OLD), "item_id_control_characters"),
+    (("NaN", b"A NaN id", None, None, None, None, OLD), "item_id_null_like"),
+    (("null", b"A null id", None, None, None, None, OLD), "item_id_null_like"),
+    (("item-\u202e7", b"Bidi id", None, None, None, None, OLD), "item_id_format_characters"),
     (("hard-no-title", None, "Drama", None, "{}", None, OLD), "title_missing"),
     (("hard-ctrl-title", b"\x00\x01\x1b \t", "Drama", None, "{}", None, OLD), "title_missing"),
     (("hard-bad-json", b"Bad attrs", None, None, "{era: 1990s", None, OLD), "attributes_not_json"),
@@ -90,7 +96,22 @@ BROKEN_EVENTS = [
     ("negative-dwell", {"dwell_seconds": -1.0}, "dwell_out_of_range"),
     ("quarantined-item", {"item_id": "hard-no-title"}, "item_quarantined"),
     ("unknown-item", {"item_id": "item-999"}, "item_not_in_catalog"),
+    ("bidi-user", {"user_id": "user-\u202e9"}, "id_format_characters"),
+    ("zero-width-user", {"user_id": "user\u200d-1"}, "id_format_characters"),
+    ("bidi-item", {"item_id": "item-\u202e7"}, "id_format_characters"),
+    ("null-like-user", {"user_id": "null"}, "null_like_id"),
+    ("none-user", {"user_id": "None"}, "null_like_id"),
+    ("blank-user", {"user_id": "   "}, "empty_id"),
+    ("nan-item", {"item_id": "NaN"}, "null_like_id"),
 ]
+# Events no window will ever hold: never extracted, so counted in the warehouse (events_outside_windows.json).
+OUTSIDE_WINDOWS = [
+    {"event_id": "ev-epoch", "event_ts": datetime(1970, 1, 1)},
+    {"event_id": "ev-2999", "event_ts": datetime(2999, 1, 1)},
+    {"event_id": "ev-undated", "event_ts": None},
+]
+# A later night's window holds this one (it is before now + 1 day): not counted.
+TOMORROW = {"event_id": "ev-tomorrow", "event_ts": NOW + timedelta(hours=20)}
 
 
 def build_warehouse(settings: Settings) -> dict:
@@ -123,6 +144,9 @@ def build_warehouse(settings: Settings) -> dict:
             "duplicate_event_id",
         )
     )
+    # Redeliveries: exact copies of a good event, kept once; their copies do not count toward the threshold.
+    broken += [(dict(good[9]), "exact_duplicate_event"), (dict(good[9]), "exact_duplicate_event")]
+    elsewhere = [event(2000 + n, **overrides) for n, overrides in enumerate([*OUTSIDE_WINDOWS, TOMORROW])]
 
     with connect(settings) as warehouse:
         con = warehouse.duckdb
@@ -135,11 +159,12 @@ def build_warehouse(settings: Settings) -> dict:
         columns = list(good[0])
         con.executemany(
             f"INSERT INTO events ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-            [[row[c] for c in columns] for row in good + [r for r, _ in broken]],
+            [[row[c] for c in columns] for row in good + [r for r, _ in broken] + elsewhere],
         )
     return {
         "valid_ids": {row["event_id"] for row in good},
         "event_rules": {_tag(row): rule for row, rule in broken},
+        "exact_copies": 2,
         "item_rules": [rule for _, rule in HARD_ITEMS],
     }
 
@@ -159,7 +184,7 @@ def test_every_broken_event_and_item_lands_in_quarantine_with_its_reason(corpus)
     settings, expected = corpus
     store = open_store(settings)
 
-    extracted = extract_clickstream(settings, DS)
+    extracted = extract_clickstream(settings, DS, now=NOW)
     result = validate_events(settings, DS, now=NOW)
 
     # Items: hard rules quarantined, in catalog order, each with its rule and a reason naming the problem.
@@ -194,7 +219,7 @@ def test_every_broken_event_and_item_lands_in_quarantine_with_its_reason(corpus)
     # cleaned items.
     quarantine = read_table(store, run_key(DS, "quarantine.parquet")).to_pylist()
     assert {_tag(r): r["rule"] for r in quarantine} == expected["event_rules"]
-    assert len(quarantine) == len(expected["event_rules"])
+    assert len(quarantine) == len(expected["event_rules"]) + expected["exact_copies"] - 1
     by_tag = {_tag(r): r for r in quarantine}
     assert by_tag["tag-quarantined-item"]["reason"] == (
         "item_id 'hard-no-title' was quarantined from the item catalog (title_missing)"
@@ -208,10 +233,39 @@ def test_every_broken_event_and_item_lands_in_quarantine_with_its_reason(corpus)
     assert set(valid.column("event_id").to_pylist()) == expected["valid_ids"]
     assert result["extracted"] == result["valid"] + result["quarantined"] == extracted["events"]
 
+    assert by_tag["tag-bidi-user"]["reason"].startswith(
+        "user_id 'user-?9' contains the invisible format character U+202E"
+    )
+    assert by_tag["tag-bidi-user"]["user_id"] == "user-\u202e9"
+    assert by_tag["tag-nan-item"]["reason"] == "item_id 'NaN' spells a missing value, not an id"
+    assert reasons["item-\u202e7"].startswith(
+        "item_id 'item-\\u202e7' contains the invisible format character"
+    )
+    # No id that validation let through holds a format character or spells a missing value.
+    for row in valid.to_pylist():
+        for column in ("event_id", "user_id", "item_id"):
+            assert not has_format_characters(row[column]) and not is_null_like(row[column]), row
     kinds = set(expected["event_rules"].values()) | set(expected["item_rules"])
-    assert len(kinds) >= 15, sorted(kinds)
+    assert len(kinds) >= 19, sorted(kinds)
+
+    # The warehouse's events that no window holds: counted, reported, and the report says so.
+    outside = read_json(store, run_key(DS, "events_outside_windows.json"))
+    assert {k: outside[k] for k in ("before_floor", "after_ceiling", "undated", "total")} == {
+        "before_floor": 1, "after_ceiling": 1, "undated": 1, "total": 3,
+    }  # fmt: skip
+    assert (outside["floor"], outside["ceiling"]) == ("2000-01-01T00:00:00", "2026-11-21T23:00:00")
+    assert extracted["events_outside_windows"] == 3
 
     report = read_json(store, run_key(DS, "validation.json"))
+    assert report["events_outside_windows"] == outside
+    assert (report["exact_duplicates"], report["exact_duplicates_exempt"]) == (2, True)
+    assert report["counted_toward_threshold"] == report["quarantined"] - 2
+    page = render_report(DS, pd.DataFrame(columns=["campaign_id", "user_id"]), {"validation": report})
+    assert (
+        "the warehouse holds 3 events that no run will ever process: 1 dated before 2000-01-01, 1 after "
+        "2026-11-21 23:00 UTC, 1 without a date" in page
+    )
+    assert "2 exact copies of events (redeliveries) were quarantined and not counted" in page
     assert report["items"]["quarantined"] == len(HARD_ITEMS)
     assert {k: v for k, v in report["items"]["fixes"].items() if v} == {
         "invalid_utf8_replaced": 1,
@@ -226,7 +280,7 @@ def test_every_broken_event_and_item_lands_in_quarantine_with_its_reason(corpus)
     # Nothing from the data ran as SQL: the warehouse is as it was.
     with connect(settings) as warehouse:
         counts = warehouse.fetch_rows("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM items)")
-    assert counts == [(extracted["events"], extracted["items_extracted"])]
+    assert counts == [(extracted["events"] + len(OUTSIDE_WINDOWS) + 1, extracted["items_extracted"])]
 
 
 def test_the_threshold_names_the_rules_and_a_rerun_writes_the_same_bytes(corpus):
@@ -241,11 +295,11 @@ def test_the_threshold_names_the_rules_and_a_rerun_writes_the_same_bytes(corpus)
         "quarantine.parquet",
         "validation.json",
     )
-    extract_clickstream(settings, DS)
+    extract_clickstream(settings, DS, now=NOW)
     validate_events(settings, DS, now=NOW)
     first = {n: store.get_bytes(run_key(DS, n)) for n in names}
 
-    extract_clickstream(settings, DS)
+    extract_clickstream(settings, DS, now=NOW)
     strict = settings.model_copy(update={"max_bad_fraction": 0.01})
     with pytest.raises(BadDataError) as raised:
         validate_events(strict, DS, now=NOW)

@@ -41,6 +41,15 @@ def item(item_id="m1", **overrides) -> dict:
         ({"item_id": "  "}, "item_id_empty", "empty or only blanks"),
         ({"item_id": "m" * 129}, "item_id_too_long", "129 characters long (max 128)"),
         ({"item_id": "m\n1"}, "item_id_control_characters", "'m\\x0a1' contains control characters"),
+        ({"item_id": "NaN"}, "item_id_null_like", "'NaN' spells a missing value"),
+        ({"item_id": " null "}, "item_id_null_like", "' null ' spells a missing value"),
+        ({"item_id": "None"}, "item_id_null_like", "spells a missing value"),
+        (
+            {"item_id": "m\u202e1"},
+            "item_id_format_characters",
+            "'m\\u202e1' contains the invisible format character U+202E",
+        ),
+        ({"item_id": "\u2060m1"}, "item_id_format_characters", "U+2060"),
         ({"title": None}, "title_missing", "title is null"),
         ({"title": "\x00\x1b \u200b\t"}, "title_missing", "title is null, empty or only control"),
         ({"attributes": "{era: 1990s}"}, "attributes_not_json", "is not a JSON object"),
@@ -56,7 +65,7 @@ def test_hard_rules_quarantine_with_a_reason(overrides, rule, reason_part):
 
 
 def test_every_rule_has_a_name_and_a_case():
-    assert len(ITEM_RULE_NAMES) == len(set(ITEM_RULE_NAMES)) == 9
+    assert len(ITEM_RULE_NAMES) == len(set(ITEM_RULE_NAMES)) == 11
 
 
 def test_the_first_valid_row_of_an_id_is_kept_and_later_ones_are_duplicates():

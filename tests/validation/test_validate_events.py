@@ -11,7 +11,7 @@ from datetime import timedelta
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from validation_data import DS, NOW, WINDOW_END, WINDOW_START, event, valid_events
+from validation_data import DS, NOW, WINDOW_END, WINDOW_START, event, items_table, valid_events
 
 from pmg_tasks.layout import run_key
 from pmg_tasks.store import read_json, read_table
@@ -42,6 +42,13 @@ def broken_events() -> list[tuple[str, dict, str]]:
         ("nul-item", {"item_id": "item-1\x00"}, "id_control_characters"),
         ("c1-user", {"user_id": "user-\u0085"}, "id_control_characters"),
         ("tab-event-id", {"event_id": "ev-\tx"}, "id_control_characters"),
+        ("nan-user", {"user_id": "NaN"}, "null_like_id"),
+        ("null-item-text", {"item_id": "null"}, "null_like_id"),
+        ("padded-none-user", {"user_id": "  None "}, "null_like_id"),
+        ("na-event-id", {"event_id": "N/A"}, "null_like_id"),
+        ("bidi-user", {"user_id": "user-\u202e1"}, "id_format_characters"),
+        ("zero-width-item", {"item_id": "item-1\u200b"}, "id_format_characters"),
+        ("bom-event-id", {"event_id": "\ufeffev-x"}, "id_format_characters"),
         ("upper-type", {"event_type": "VIEW"}, "unknown_event_type"),
         ("spaced-type", {"event_type": "purchase "}, "unknown_event_type"),
         ("before-window", {"event_ts": WINDOW_START - timedelta(microseconds=1)}, "event_ts_before_window"),
@@ -97,7 +104,7 @@ def corpus():
             "duplicate_event_id",
         ),
         # An exact copy of valid event 7 (a retried delivery): one of the two is kept.
-        (dict(valid[7]), "duplicate_event_id"),
+        (dict(valid[7]), "exact_duplicate_event"),
     ]
     # Same event_id twice; the copy that comes FIRST in the file has the LATER timestamp, so it is the
     # duplicate: "first" means first by event_ts.
@@ -134,7 +141,8 @@ def test_every_broken_event_is_quarantined_with_its_rule(settings, store, put_in
     assert result["valid"] == corpus["n_valid"]
     assert result["quarantined"] == n_bad
     assert result["valid"] + result["quarantined"] == result["extracted"]
-    assert result["bad_fraction"] == pytest.approx(n_bad / n)
+    # The exact copy is quarantined but counts on neither side of the fraction.
+    assert result["bad_fraction"] == pytest.approx((n_bad - 1) / (n - 1))
     assert (result["valid_key"], result["quarantine_key"]) == (VALID_KEY, QUARANTINE_KEY)
 
     quarantine = read_table(store, QUARANTINE_KEY)
@@ -145,8 +153,9 @@ def test_every_broken_event_is_quarantined_with_its_rule(settings, store, put_in
     got = {tag_of(row): row["rule"] for row in rows if tag_of(row) != corpus["exact_copy_id"]}
     assert got == corpus["expected_rules"]
     exact_copies = [row for row in rows if row["event_id"] == corpus["exact_copy_id"]]
-    assert [row["rule"] for row in exact_copies] == ["duplicate_event_id"]
-    assert len(set(corpus["expected_rules"].values()) | {"duplicate_event_id"}) >= 12
+    assert [row["rule"] for row in exact_copies] == ["exact_duplicate_event"]
+    assert "exact copy of an earlier event" in exact_copies[0]["reason"]
+    assert len(set(corpus["expected_rules"].values()) | {"exact_duplicate_event"}) >= 14
 
     # Original values travel into quarantine untouched (NaN stays NaN, not null).
     by_tag = {tag_of(row): row for row in rows}
@@ -155,6 +164,16 @@ def test_every_broken_event_is_quarantined_with_its_rule(settings, store, put_in
     assert by_tag["tag-upper-type"]["reason"].startswith("event_type 'VIEW' is not one of")
     assert by_tag["tag-nul-item"]["reason"].startswith("item_id contains control characters")
     assert by_tag["ev-long-session"]["reason"].startswith("session_id is longer than 128")
+    assert by_tag["tag-bidi-user"]["reason"] == (
+        "user_id 'user-?1' contains the invisible format character U+202E "
+        "(Unicode category Cf: bidi overrides, zero-width characters, ...)"
+    )
+    assert by_tag["tag-bidi-user"]["user_id"] == "user-\u202e1"  # the original travels untouched
+    assert by_tag["tag-zero-width-item"]["reason"].startswith(
+        "item_id 'item-1?' contains the invisible format character U+200B"
+    )
+    assert by_tag["tag-padded-none-user"]["reason"] == "user_id '  None ' spells a missing value, not an id"
+    assert by_tag["tag-null-item-text"]["reason"] == "item_id 'null' spells a missing value, not an id"
     assert "2026-11-21 00:00:00" in by_tag["tag-at-window-end"]["reason"]
 
     valid = read_table(store, VALID_KEY)
@@ -172,9 +191,10 @@ def test_every_broken_event_is_quarantined_with_its_rule(settings, store, put_in
         report["extracted"] == n and report["valid"] == corpus["n_valid"] and report["quarantined"] == n_bad
     )
     assert set(report["by_rule"]) == set(RULE_NAMES)
-    expected_counts = Counter(corpus["expected_rules"].values()) + Counter({"duplicate_event_id": 1})
+    expected_counts = Counter(corpus["expected_rules"].values()) + Counter({"exact_duplicate_event": 1})
     assert {k: v for k, v in report["by_rule"].items() if v} == dict(expected_counts)
     assert report["threshold"] == settings.max_bad_fraction and report["passed"] is True
+    assert (report["exact_duplicates"], report["counted_toward_threshold"]) == (1, n_bad - 1)
     assert report["window"] == {"start": "2026-11-20T00:00:00", "end": "2026-11-21T00:00:00"}
 
 
@@ -204,7 +224,8 @@ def test_gx_report_mirrors_the_rules(settings, store, put_inputs, corpus):
     assert results[("expect_column_values_to_be_unique", "event_id")]["unexpected_count"] == 6
     assert results[("expect_column_min_to_be_between", "event_ts")]["success"] is False
     assert results[("expect_column_max_to_be_between", "event_ts")]["success"] is False
-    assert results[("expect_column_values_to_not_match_regex", "event_id")]["unexpected_count"] == 2
+    # newline, tab and a byte-order mark (a format character)
+    assert results[("expect_column_values_to_not_match_regex", "event_id")]["unexpected_count"] == 3
     assert results[("expect_column_value_lengths_to_be_between", "session_id")]["unexpected_count"] == 1
 
 
@@ -257,6 +278,60 @@ def test_bad_fraction_above_the_threshold_stops_the_run_after_writing(settings, 
     assert report["passed"] is False and report["threshold"] == 0.01
     assert report["by_rule"]["unknown_event_type"] == 6 and report["by_rule"]["item_not_in_catalog"] == 5
     assert raised.value.report["quarantined"] == 11
+
+
+def _with_duplicates(n_total: int, exact: int, near: int) -> list[dict]:
+    """n_total valid events, then `exact` redelivered copies of some of them and `near` events that reuse
+    an id with other content (a later timestamp)."""
+    rows = valid_events(n_total)
+    copies = [dict(rows[i]) for i in range(exact)]
+    clashes = [
+        dict(rows[exact + i], event_ts=rows[exact + i]["event_ts"] + timedelta(seconds=1), dwell_seconds=1.0)
+        for i in range(near)
+    ]
+    return rows + copies + clashes
+
+
+def test_exact_copies_are_quarantined_but_do_not_count_toward_the_threshold(settings, store, put_inputs):
+    settings.max_bad_fraction = 0.01
+    put_inputs(_with_duplicates(1000, exact=200, near=10))
+
+    result = validate_events(settings, DS, now=NOW)
+
+    # 200 redeliveries and 10 clashes quarantined; only the clashes count: 10 of 1,010 distinct deliveries.
+    assert (result["valid"], result["quarantined"]) == (1000, 210)
+    assert result["bad_fraction"] == pytest.approx(10 / 1010)
+    report = read_json(store, REPORT_KEY)
+    assert report["by_rule"]["exact_duplicate_event"] == 200 and report["by_rule"]["duplicate_event_id"] == 10
+    assert (report["exact_duplicates"], report["counted_toward_threshold"], report["passed"]) == (
+        200,
+        10,
+        True,
+    )
+    rules = Counter(read_table(store, QUARANTINE_KEY).column("rule").to_pylist())
+    assert rules == {"exact_duplicate_event": 200, "duplicate_event_id": 10}
+
+
+def test_near_duplicates_still_stop_the_night(settings, store, put_inputs):
+    settings.max_bad_fraction = 0.01
+    put_inputs(_with_duplicates(1000, exact=200, near=11))
+
+    with pytest.raises(BadDataError) as raised:
+        validate_events(settings, DS, now=NOW)
+
+    message = str(raised.value)
+    assert message.startswith("1.1% of 1,011 events failed validation (max 1.0%): duplicate_event_id=11")
+    assert "200 exact copies of other events, also quarantined, are not counted" in message
+
+
+def test_exact_copies_count_when_the_setting_says_so(settings, store, put_inputs):
+    settings.max_bad_fraction = 0.01
+    settings.validation.exact_duplicates_exempt = False
+    put_inputs(_with_duplicates(1000, exact=20, near=0))
+
+    with pytest.raises(BadDataError, match="exact_duplicate_event=20"):
+        validate_events(settings, DS, now=NOW)
+    assert read_json(store, REPORT_KEY)["bad_fraction"] == pytest.approx(20 / 1020)
 
 
 def test_rerun_writes_identical_bytes_whatever_the_input_order(settings, store, put_inputs, corpus):
@@ -386,3 +461,24 @@ def test_gx_in_a_worker_process_writes_the_same_report(settings, store, put_inpu
     validate_events(settings, DS, now=NOW)
     assert len(workers) == 1 and workers[0].process.returncode == 0
     assert store.get_bytes(REPORT_KEY) == in_process
+
+
+def test_a_catalog_from_elsewhere_does_not_vouch_for_bad_item_ids(settings, store, put_inputs):
+    """Only ids that pass the id rules count as in the catalog, so an items.parquet that was not cleaned by
+    extraction cannot let a null-like or bidi item id through."""
+    items = items_table()
+    bad_ids = ["null", "item-\u202e1", "NaN "]
+    extra = pa.Table.from_pylist(
+        [dict(items.slice(0, 1).to_pylist()[0], item_id=item_id) for item_id in bad_ids], schema=items.schema
+    )
+    put_inputs(
+        [event(i, item_id=item_id) for i, item_id in enumerate(bad_ids)] + valid_events(10, first=10),
+        items=pa.concat_tables([items, extra]),
+    )
+
+    validate_events(settings, DS, now=NOW)
+
+    rules = dict(
+        zip(*read_table(store, QUARANTINE_KEY).select(["item_id", "rule"]).to_pydict().values(), strict=True)
+    )
+    assert rules == {"null": "null_like_id", "item-\u202e1": "id_format_characters", "NaN ": "null_like_id"}
