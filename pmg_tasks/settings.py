@@ -182,7 +182,7 @@ class Publishing(BaseModel):
 # Minutes each stage of pmg_nightly may run before Airflow stops it, sized from the production profile's
 # nights with room to spare: a task stuck on a dead connection fails (and retries) instead of hanging.
 STAGE_TIMEOUTS_MIN = {
-    "run_date": 5, "extract": 60, "validate": 30, "histories": 30, "keyword_shards": 10, "keywords": 120,
+    "run_date": 5, "campaigns": 5, "extract": 60, "validate": 30, "histories": 30, "keyword_shards": 10, "keywords": 120,
     "merge_keywords": 15, "preference_tokens": 90, "token_embeddings": 120, "plan": 30, "headlines": 60,
     "generate": 180, "publish": 30,
 }  # fmt: skip
