@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pmg-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-nights lint bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ lint: setup
 
 test: lint
 	$(BIN)/pytest
+
+# Also the whole nights: CeleryExecutor, S3 through a fault proxy, the fault drills, Chromium (most of an hour).
+test-nights: lint
+	PMG_TEST_NIGHTS=1 $(BIN)/pytest
 
 bench: setup
 	$(BIN)/python -m benchmarks.run_all

@@ -247,15 +247,17 @@ def _airflow_probe(pools: list[str]) -> dict:
 
 
 def check_campaigns(settings: Settings) -> Check:
-    from pmg_tasks.campaigns import CampaignError, load_campaigns
+    """The campaigns folder (or file) exists and every campaign in it validates; a broken one would be
+    skipped tonight, so it fails here with the first problem's own fix."""
+    from pmg_tasks.campaigns import read_campaigns
 
-    try:
-        campaigns = load_campaigns(settings.campaigns_file)
-    except CampaignError as error:
-        return Check("campaigns", False, str(error).split(": write one")[0],
-                     "write the campaigns file (README, 'Schedule a campaign'; fields in pmg_tasks/campaigns.py) "
-                     "and point PMG_CAMPAIGNS_FILE at it")  # fmt: skip
-    return Check("campaigns", True, f"{settings.campaigns_file}: {len(campaigns)} campaigns")
+    found = read_campaigns(settings.campaigns_file, settings.campaign_limits)
+    if found.problems:
+        first = found.problems[0]
+        more = f" (and {len(found.problems) - 1} more: `pmg campaigns validate`)" if len(found.problems) > 1 else ""
+        where = f"{first.field}: " if first.field else ""
+        return Check("campaigns", False, f"{first.file}: {where}{first.message}{more}", first.fix)
+    return Check("campaigns", True, f"{settings.campaigns_file}: {len(found.campaigns)} campaigns")
 
 
 def check_gpu() -> Check:

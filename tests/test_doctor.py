@@ -68,7 +68,7 @@ def test_each_broken_piece_fails_its_line_with_the_fix(ready, capsys, monkeypatc
         "models.clip": "is cut short",
         "pool pmg_gpu": "airflow pools set pmg_gpu",
         "queue gpu": "PMG_POOLS__GPU_QUEUE=default",
-        "campaigns": "missing.yaml does not exist",
+        "campaigns": "the campaigns folder does not exist",
     }
     for name, words in expected.items():
         assert lines[name].startswith("FAIL") and " -- fix: " in lines[name] and words in lines[name], lines[name]

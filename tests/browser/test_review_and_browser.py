@@ -25,7 +25,7 @@ from pmg_tasks.store import open_store, read_json
 from tests.browser.cdp import Browser, find_chromium
 from tests.conftest import DS, free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.night, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 REVIEWER, PASSWORD = "reviewer", "pmg-review-secret"
 ARTIFACTS = Path(os.environ.get("PMG_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts")) / "browser"

@@ -9,7 +9,7 @@ from pmg_tasks.airflow_run import run_nightly_dag
 from pmg_tasks.layout import manifest_key, run_key
 from pmg_tasks.store import open_store, read_frame, read_json
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.night, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def test_the_form_runs_one_campaign_with_its_changes_and_a_dry_run_draws_nothing(

@@ -19,7 +19,7 @@ from pmg_tasks.local_cluster import LocalCeleryCluster, database_exists, missing
 from pmg_tasks.watch.run_settings import SETTINGS_FILE, output_fields
 
 pytestmark = [
-    pytest.mark.integration,
+    pytest.mark.night, pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.timeout(1500),
     pytest.mark.skipif(bool(missing_servers()), reason=f"CeleryExecutor run: {missing_servers()}"),

@@ -18,7 +18,7 @@ from pmg_tasks.store import open_store, read_frame, read_json
 from tests.fault_proxy import FaultProxy
 from tests.pipeline import run_stages_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.night, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def aws_connection(endpoint: str) -> dict[str, str]:

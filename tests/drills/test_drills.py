@@ -28,7 +28,7 @@ from pmg_tasks.layout import run_key, success_key
 from pmg_tasks.store import open_store, read_frame, read_json
 from tests.drills.conftest import DS, ConnectionDropper, store_files, write_figures
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.night, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 NEXT = "2026-11-21"
 EARLIER = "2026-11-19"
