@@ -87,6 +87,10 @@ def pmg_nightly():
         from pmg_tasks.publish import PublishError, asset_event_extra, publish_run
         from pmg_tasks.review import held_campaigns
 
+        if planned is None:  # all_done also runs it after a stage before generation failed: nothing to publish
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"the plan of {day} did not finish, so there is nothing to publish")
         held = held_campaigns(Settings(), day)
         partial, failed = bool(context["params"]["publish_partial"]), _failed_shards(context, planned)
         try:
