@@ -30,7 +30,12 @@ DONE_STATES = {"success", "skipped"}
 
 
 class NightlyRunError(RuntimeError):
-    """Airflow did not run the nightly DAG to success; the message says why and where the log is."""
+    """Airflow did not run the nightly DAG to success; the message says why and where the log is, and
+    `run` (where Airflow recorded one) what it did run."""
+
+    def __init__(self, message: str, run: NightlyRun | None = None):
+        super().__init__(message)
+        self.run = run
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ def run_nightly_dag(
     )
     problem = run_problem(run, recorded.get("start_date"), dag_id)
     if problem:
-        raise NightlyRunError(f"{problem}; log: {log_file}\n{_tail(log_file)}")
+        raise NightlyRunError(f"{problem}; log: {log_file}\n{_tail(log_file)}", run=run)
     return run
 
 

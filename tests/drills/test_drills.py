@@ -152,16 +152,40 @@ def test_the_run_records_its_settings_and_names_its_shards(drills, first_night):
 def test_drill_6_a_rerun_of_a_finished_date_changes_nothing(drills, first_night):
     store = open_store(drills.settings)
     root = Path(store.root)
-    before = store_files(root)
+    before, table_before = store_files(root), warehouse_table_rows(drills.settings, DS)
     sent = len(drills.statsd.lines)
     run_nightly_dag(drills.settings, DS)
-    after = store_files(root)
+    after, table_after = store_files(root), warehouse_table_rows(drills.settings, DS)
     outputs = [k for k in before if k.startswith(("manifests/", "creatives/"))]
     changed = [k for k in outputs if after.get(k) != before[k]]
     new = sorted(set(after) - set(before))
-    FIGURES["6_rerun"] = {"new_objects": len(new), "changed_outputs": len(changed), "outputs": len(outputs)}
+    table_changed = len(set(table_before) ^ set(table_after))
+    FIGURES["6_rerun"] = {
+        "new_objects": len(new), "changed_outputs": len(changed), "outputs": len(outputs),
+        "warehouse_rows": len(table_after), "warehouse_rows_changed": table_changed,
+    }  # fmt: skip
     assert new == [] and changed == [] and success_key(DS) in outputs
+    # The table consumers query: the same rows, none duplicated, and as many as the manifests hold.
+    assert table_after == table_before and len(set(table_after)) == len(table_after)
+    manifests = [k for k in after if k.startswith(f"manifests/ds={DS}/") and k.endswith("manifest.parquet")]
+    assert len(table_after) == sum(len(read_frame(store, k)) for k in manifests) > 0
     assert drills.statsd.counters(sent)["airflow.pmg.keywords.user_cache_hits"] > 0
+
+
+def warehouse_table_rows(settings, ds: str) -> list[tuple]:
+    """Every row of `ds` in the warehouse's generated_creatives table, in key order."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(settings.warehouse_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                sa.text("SELECT * FROM generated_creatives WHERE ds = :ds ORDER BY campaign_id, user_id, item_id, rank"),
+                {"ds": ds},
+            )
+            return [tuple(row) for row in rows]
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(scope="module")
