@@ -136,12 +136,23 @@ def run_nightly_dag(
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"dags-test-{dag_id}-{ds}{'-' + log_name if log_name else ''}.log"
     conf_args = ("--conf", json.dumps(dict(conf))) if conf else ()
-    _airflow(env, "dags", "test", dag_id, logical_date_for(ds), *conf_args, log_file=log_file)
-    recorded = _recorded_run(env, logical_date_for(ds), dag_id)
+    try:
+        _airflow(env, "dags", "test", dag_id, logical_date_for(ds), *conf_args, log_file=log_file)
+        exited = None
+    except NightlyRunError as error:  # a failed run: still say what Airflow recorded of it
+        exited = error
+    try:
+        recorded = _recorded_run(env, logical_date_for(ds), dag_id)
+    except NightlyRunError:
+        if exited is None:
+            raise
+        raise exited from None
     run = NightlyRun(
         ds=ds, log_file=log_file, run_id=recorded.get("run_id") or "", state=recorded.get("state") or "",
         task_states=recorded.get("task_states") or {}, asset_events=recorded.get("asset_events") or [],
     )
+    if exited is not None:
+        raise NightlyRunError(str(exited), run=run) from exited
     problem = run_problem(run, recorded.get("start_date"), dag_id)
     if problem:
         raise NightlyRunError(f"{problem}; log: {log_file}\n{_tail(log_file)}", run=run)
