@@ -84,7 +84,8 @@ def keyword_shards(day: str) -> list[int]:
 
 
 @task(
-    pool=LLM.pool, queue=LLM.queue, max_active_tis_per_dag=LLM.slots, execution_timeout=task_timeout(SETTINGS, "keywords"),
+    pool=LLM.pool, pool_slots=LLM.pool_slots, queue=LLM.queue, max_active_tis_per_dag=LLM.slots,
+    execution_timeout=task_timeout(SETTINGS, "keywords"),
     map_index_template="user shard {{ task.op_kwargs['shard_index'] }}",
 )
 def keywords(day: str, shard_index: int) -> dict:
@@ -135,7 +136,8 @@ def plan(day: str) -> list[int]:
 
 
 @task(
-    pool=LLM.pool, queue=LLM.queue, max_active_tis_per_dag=LLM.slots, execution_timeout=task_timeout(SETTINGS, "headlines"),
+    pool=LLM.pool, pool_slots=LLM.pool_slots, queue=LLM.queue, max_active_tis_per_dag=LLM.slots,
+    execution_timeout=task_timeout(SETTINGS, "headlines"),
 )
 def headlines(day: str) -> dict:
     from pmg_tasks.headlines import write_headlines

@@ -54,11 +54,13 @@ class Retries(BaseModel):
 
 
 class Placement(NamedTuple):
-    """A task's Airflow pool, Celery queue, and the most of its instances that run at once."""
+    """A task's Airflow pool, Celery queue, the most of its instances that run at once, and the pool slots
+    one instance takes (a GPU per slot: a vLLM model split over N GPUs holds N)."""
 
     pool: str
     queue: str
     slots: int
+    pool_slots: int = 1
 
 
 class Generation(BaseModel):
@@ -412,8 +414,17 @@ class Settings(BaseSettings):
         """Where the tasks of a role run and how many at once: diffusion work (`gpu`) always on the GPU
         queue in the GPU pool; LLM work (`llm`: keywords, headlines) there too when its backend loads a
         model, else on the default queue in the LLM pool."""
-        if role == "gpu" or self.keywords_need_gpu:
+        if role == "gpu":
             return Placement(self.pools.gpu, self.pools.gpu_queue, self.pools.gpu_slots)
+        if self.keywords_need_gpu:
+            # vLLM with tensor parallelism holds tensor_parallel_size GPUs, so that many GPU-pool slots.
+            gpus = self.keywords.tensor_parallel_size if self.keyword_backend == "vllm" else 1
+            if gpus > self.pools.gpu_slots:
+                raise ValueError(
+                    f"keywords.tensor_parallel_size={gpus} needs {gpus} GPUs in one task, but the GPU pool has "
+                    f"{self.pools.gpu_slots} slots: raise PMG_POOLS__GPU_SLOTS or lower PMG_KEYWORDS__TENSOR_PARALLEL_SIZE"
+                )
+            return Placement(self.pools.gpu, self.pools.gpu_queue, max(1, self.pools.gpu_slots // gpus), gpus)
         return Placement(self.pools.llm, self.pools.default_queue, self.pools.llm_slots)
 
     def to_env(self) -> dict[str, str]:

@@ -110,10 +110,22 @@ def test_a_new_name_wins_over_its_deprecated_one(monkeypatch, tmp_path):
 
 def test_the_llm_tasks_follow_the_model_onto_the_gpu_queue(tmp_path):
     pools = {"gpu_queue": "gpu", "gpu_slots": 4, "llm_slots": 2}
-    assert Settings(home=tmp_path, pools=pools).placement("gpu") == ("pmg_gpu", "gpu", 4)
-    assert Settings(home=tmp_path, pools=pools).placement("llm") == ("pmg_llm", "default", 2)
-    assert Settings(home=tmp_path, pools=pools, keyword_backend="openai").placement("llm") == ("pmg_llm", "default", 2)
+    assert Settings(home=tmp_path, pools=pools).placement("gpu") == ("pmg_gpu", "gpu", 4, 1)
+    assert Settings(home=tmp_path, pools=pools).placement("llm") == ("pmg_llm", "default", 2, 1)
+    assert Settings(home=tmp_path, pools=pools, keyword_backend="openai").placement("llm") == ("pmg_llm", "default", 2, 1)
     for backend in ("transformers", "vllm"):
-        assert Settings(home=tmp_path, pools=pools, keyword_backend=backend).placement("llm") == ("pmg_gpu", "gpu", 4)
+        assert Settings(home=tmp_path, pools=pools, keyword_backend=backend).placement("llm") == ("pmg_gpu", "gpu", 4, 1)
+
+
+def test_a_vllm_model_split_over_gpus_takes_that_many_gpu_pool_slots(tmp_path):
+    pools = {"gpu_queue": "gpu", "gpu_slots": 4}
+    split = Settings(home=tmp_path, pools=pools, keyword_backend="vllm", keywords={"tensor_parallel_size": 2})
+    assert split.placement("llm") == ("pmg_gpu", "gpu", 2, 2)  # two such tasks fill the four GPUs
+    assert split.placement("gpu") == ("pmg_gpu", "gpu", 4, 1)  # diffusion stays one GPU a task
+    # transformers loads the model on one device whatever vLLM's setting says
+    assert split.model_copy(update={"keyword_backend": "transformers"}).placement("llm") == ("pmg_gpu", "gpu", 4, 1)
+    too_wide = Settings(home=tmp_path, pools=pools, keyword_backend="vllm", keywords={"tensor_parallel_size": 8})
+    with pytest.raises(ValueError, match="tensor_parallel_size=8 .* 4 slots"):
+        too_wide.placement("llm")
     with pytest.raises(ValidationError, match="gpu_slots"):
         Settings(home=tmp_path, pools={"gpu_slots": 0})
