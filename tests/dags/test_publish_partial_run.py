@@ -8,22 +8,17 @@ it draws and records its creatives and then cannot write the result. Nothing in 
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
 from pmg_tasks.airflow_run import NightlyRunError, run_nightly_dag
 from pmg_tasks.consumers import load_manifest
 from pmg_tasks.layout import run_key, shard_key, shard_result_key, success_key
 from pmg_tasks.store import open_store, read_frame, read_json
+from tests.dags.test_nightly_run import manifest_of as manifests
 
 pytestmark = [pytest.mark.night, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 BROKEN = 1  # the shard whose task fails
-
-
-def manifests(store, ds: str) -> pd.DataFrame:
-    keys = [k for k in store.list_keys(f"manifests/ds={ds}/") if k.endswith("manifest.parquet")]
-    return pd.concat([read_frame(store, k) for k in keys], ignore_index=True)
 
 
 def test_a_shard_failing_in_a_real_run_stops_publishing_or_publishes_the_rest_naming_what_is_missing(
