@@ -34,8 +34,6 @@ from pmg_tasks.watch.alerts import deadline_alert, task_timeout
 # parse in a process that parsed it before must see today's settings, as a fresh parsing process does.
 dag_parts = importlib.reload(dag_parts)
 
-SCHEDULE = "0 2 * * *"
-
 # Campaigns that require a review get a gate each (read when this file is parsed; a campaign held tonight
 # without a gate stays held until the file is parsed again and the night rerun).
 REVIEWED = dag_parts.review_campaign_ids()
@@ -50,7 +48,7 @@ def _failed_shards(context, planned: list[int]) -> list[int]:
 
 @dag(
     dag_id="pmg_nightly",
-    schedule=SCHEDULE,
+    schedule=dag_parts.SETTINGS.watching.schedule or None,  # empty: only when triggered
     start_date=dt.datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -65,7 +63,7 @@ def _failed_shards(context, planned: list[int]) -> list[int]:
         ),
     },
     dagrun_timeout=dt.timedelta(hours=dag_parts.SETTINGS.watching.dagrun_timeout_h),
-    deadline=deadline_alert(dag_parts.SETTINGS, SCHEDULE),
+    deadline=deadline_alert(dag_parts.SETTINGS),
     default_args=dag_parts.default_args("data-engineering"),
 )
 def pmg_nightly():

@@ -194,9 +194,18 @@ class Watching(BaseModel):
     """How an unwatched night tells people about itself (docs/operations.md): its deadline, timeouts and the
     notifier that failure, retry and missed-deadline alerts go through."""
 
+    schedule: str = Field(
+        "0 2 * * *", pattern=r"^$|^\S+ \S+ \S+ \S+ \S+$",
+        description="cron (UTC) the nightly run starts on; empty: it runs only when triggered (a staging or test "
+        "cluster, where nothing should start on its own)",
+    )
     finish_by_utc: str = Field(
         "07:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
         description="HH:MM UTC the night must have finished by; later, the deadline alert fires",
+    )
+    finish_within_min: int = Field(
+        0, ge=0, description="minutes from when a run is queued to its deadline; 0: from the schedule's start "
+        "time to finish_by_utc (a triggered-only night with 0 has no deadline)",
     )
     deadline: bool = Field(True, description="the DeadlineAlert on the DAG; `pmg run` turns it off (docs/operations.md)")
     dagrun_timeout_h: float = Field(10.0, gt=0, description="a run still going after this many hours fails")

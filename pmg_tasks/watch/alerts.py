@@ -46,17 +46,24 @@ def alert_record(event: str, context, extra: dict | None = None) -> dict:
     context = context or {}
     ti = context.get("ti") or context.get("task_instance")
     dag_run = context.get("dag_run")
-    record = {"event": event, "dag_id": getattr(context.get("dag"), "dag_id", None) or getattr(ti, "dag_id", None)}
+    # The triggerer's deadline context is JSON: the run as the REST API shows it (its id is `dag_run_id`).
+    if isinstance(dag_run, dict):
+        run = {"run_id": dag_run.get("dag_run_id") or dag_run.get("run_id"), "dag_id": dag_run.get("dag_id")}
+    else:
+        run = {"run_id": getattr(dag_run, "run_id", None), "dag_id": getattr(dag_run, "dag_id", None)}
+    record = {"event": event, "dag_id": getattr(context.get("dag"), "dag_id", None) or getattr(ti, "dag_id", None)
+              or run.get("dag_id")}  # fmt: skip
     if ti is not None:
         record.update(task_id=ti.task_id, map_index=getattr(ti, "map_index", -1), try_number=ti.try_number,
                       run_id=ti.run_id)  # fmt: skip
     elif dag_run is not None:
-        record["run_id"] = getattr(dag_run, "run_id", None)
+        record["run_id"] = run.get("run_id")
     error = context.get("exception")
     if error is not None:
         record["error"] = mask_secrets(f"{type(error).__name__}: {error}")[:2000]
-    if "deadline" in context:
-        record["deadline"] = str(context["deadline"])
+    deadline = context.get("deadline")
+    if deadline is not None:
+        record["deadline"] = str(deadline.get("deadline_time") if isinstance(deadline, dict) else deadline)
     record.update(extra or {})
     return record
 
@@ -83,27 +90,41 @@ def task_timeout(settings: Settings, task_id: str) -> dt.timedelta:
     return dt.timedelta(minutes=minutes)
 
 
-def finish_within(settings: Settings, schedule: str) -> dt.timedelta:
-    """From the cron schedule's start time to `watching.finish_by_utc` (the next day when earlier)."""
-    minute, hour = (int(field) for field in schedule.split()[:2])
-    hours, minutes = (int(part) for part in settings.watching.finish_by_utc.split(":"))
-    start, finish = dt.timedelta(hours=hour, minutes=minute), dt.timedelta(hours=hours, minutes=minutes)
+def finish_within(settings: Settings) -> dt.timedelta | None:
+    """How long a run may take from when it is queued: `watching.finish_within_min`, else from the cron
+    schedule's start time to `watching.finish_by_utc` (the next day when earlier); None for a night that
+    only runs when triggered and names no time (nothing to measure from)."""
+    watching = settings.watching
+    if watching.finish_within_min:
+        return dt.timedelta(minutes=watching.finish_within_min)
+    if not watching.schedule:
+        return None
+    minute, hour = watching.schedule.split()[:2]
+    if not (minute.isdigit() and hour.isdigit()):
+        raise ValueError(
+            f"watching.schedule {watching.schedule!r} does not start at one fixed time, so there is no finish time to "
+            "measure to: set PMG_WATCHING__FINISH_WITHIN_MIN (minutes from queueing) or a schedule like '0 2 * * *'"
+        )
+    hours, minutes = (int(part) for part in watching.finish_by_utc.split(":"))
+    start, finish = dt.timedelta(hours=int(hour), minutes=int(minute)), dt.timedelta(hours=hours, minutes=minutes)
     return finish - start if finish > start else finish - start + dt.timedelta(days=1)
 
 
-def deadline_alert(settings: Settings, schedule: str) -> list:
-    """The DeadlineAlert (an experimental Airflow feature) that fires when a run has not finished by
-    `watching.finish_by_utc`: measured from when the run was queued, so a scheduled 02:00 run must end by
-    the finish time, and a rerun of an old date gets the same time to finish instead of alerting at once.
-    Empty when `watching.deadline` is off."""
+def deadline_alert(settings: Settings) -> list:
+    """The DeadlineAlert (an experimental Airflow feature) that fires when a run has not finished in time
+    (`finish_within`): measured from when the run was queued, so a scheduled 02:00 run must end by
+    `watching.finish_by_utc`, and a rerun of an old date gets the same time to finish instead of alerting at
+    once. The scheduler notices the miss; the triggerer runs the notifier. Empty when `watching.deadline` is
+    off or there is no time to measure."""
     from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
-    if not settings.watching.deadline:
+    interval = finish_within(settings)
+    if not settings.watching.deadline or interval is None:
         return []
 
     return [DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
-        interval=finish_within(settings, schedule),
+        interval=interval,
         callback=AsyncCallback(settings.watching.notifier, kwargs=notifier_kwargs(settings, "deadline_missed")),
         name="pmg_nightly finish time",
     )]
