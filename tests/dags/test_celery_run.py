@@ -1,9 +1,11 @@
 """pmg_nightly under the CeleryExecutor for real: Airflow's metadata in PostgreSQL, Redis as the broker, the
 scheduler, dag-processor, api-server and two Celery workers (the default queue and `gpu`) on loopback.
 
-Same night, same settings, first through `airflow dags test` (what `pmg run` does: tasks in-process), then
-through the cluster: the GPU work ran on the GPU worker and nothing else did, the pools held concurrency to
-their slots, and every output is the same, byte for byte."""
+Same night, same settings, first under the LocalExecutor (the same cluster without Celery: the scheduler's
+own task processes), then under the CeleryExecutor: the GPU work (diffusion, token training, and the keyword and headline tasks, whose
+backend loads an LLM into the task: transformers with the test-size causal LM) ran on the GPU worker and
+nothing else did, the GPU pool held concurrency to its slot, every output is the same, byte for byte, and the
+publish task's Asset event started the example consumer DAG, which read the night's manifest."""
 
 from __future__ import annotations
 
@@ -12,9 +14,9 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from pmg_tasks.airflow_run import run_nightly_dag
 from pmg_tasks.local_cluster import LocalCeleryCluster, database_exists, missing_servers
 from pmg_tasks.watch.run_settings import SETTINGS_FILE, output_fields
 
@@ -26,8 +28,9 @@ pytestmark = [
 ]
 
 DS = "2026-11-20"
-# Diffusion runs on the GPU worker; with the catalog keyword backend the LLM tasks need no GPU.
-GPU_TASKS = {"token_embeddings", "generate"}
+# Diffusion runs on the GPU worker, and so do the LLM tasks when their backend loads the model itself.
+GPU_TASKS = {"token_embeddings", "generate", "keywords", "headlines"}
+CONSUMER = "pmg_creatives_consumer"
 # What differs between any two runs: durations, and the plausibility ceiling validation takes from the clock
 # (now + 1 day); the report prints durations. Everything else must not differ.
 TIMING_KEYS = {"seconds", "train_seconds", "ceiling"}
@@ -36,11 +39,13 @@ REPORT_PREFIX = "reports/"
 
 @pytest.fixture
 def tiny_night(settings, test_size_models):
-    """A demo-sized night that still fans out: 3 keyword shards, several generate shards, slots of 1."""
+    """A demo-sized night that still fans out: 3 keyword shards on the test-size LLM, several generate
+    shards, slots of 1."""
     from pmg_tasks.cli import seed_demo
 
     tuned = settings.model_copy(update={
         "models": test_size_models,
+        "keyword_backend": "transformers",
         "pools": settings.pools.model_copy(update={"gpu_queue": "gpu", "gpu_slots": 1, "llm_slots": 1}),
         "retries": settings.retries.model_copy(update={"per_task": 0}),
         "generation": settings.generation.model_copy(update={"requests_per_shard": 6}),
@@ -95,9 +100,13 @@ def most_at_once(intervals: list[tuple]) -> int:
     return peak
 
 
-def test_nightly_dag_on_celery_workers_matches_the_local_run(tiny_night, tmp_path):
+def test_nightly_dag_on_celery_workers_matches_the_local_executor_run(tiny_night, tmp_path):
     settings = tiny_night
-    run_nightly_dag(settings, DS)
+    # The baseline: the same night on one machine, the scheduler's own task processes (LocalExecutor).
+    with LocalCeleryCluster(settings, tmp_path / "local", {}, executor="LocalExecutor") as single:
+        run_id = single.trigger(DS)
+        state = single.wait(run_id, timeout_s=1200)
+        assert state == "success", f"LocalExecutor run ended {state}:\n{single.logs()}"
     local = outputs(settings.store_root)
     wipe_outputs(settings.store_root)
 
@@ -108,6 +117,10 @@ def test_nightly_dag_on_celery_workers_matches_the_local_run(tiny_night, tmp_pat
         state = cluster.wait(run_id, timeout_s=1200)
         tasks = cluster.task_instances(run_id)
         assert state == "success", f"run ended {state}:\n{cluster.logs()}"
+        # The publish task's Asset event, and nothing else, starts the consumer, which reads the manifest.
+        (consumer,) = cluster.wait_for_runs(CONSUMER, timeout_s=300)
+        consumer_log = cluster.task_log(CONSUMER, consumer["run_id"], "read_published_creatives")
+    assert consumer["run_type"] == "asset_triggered" and consumer["state"] == "success", consumer
 
     assert {t["state"] for t in tasks} == {"success"}
     ran_on = {(t["task_id"], t["map_index"]): t["hostname"] for t in tasks}
@@ -119,16 +132,21 @@ def test_nightly_dag_on_celery_workers_matches_the_local_run(tiny_night, tmp_pat
     assert sum(task_id == "keywords" for task_id, _ in ran_on) > 1
     assert all(t["queue"] == "gpu" for t in tasks if t["task_id"] in GPU_TASKS)
 
-    for pool, slots in ((settings.pools.gpu, settings.pools.gpu_slots), (settings.pools.llm, settings.pools.llm_slots)):
-        in_pool = [(t["start_date"], t["end_date"]) for t in tasks if t["pool"] == pool]
-        assert len(in_pool) > slots, f"too few {pool} tasks to show a cap"
-        assert most_at_once(in_pool) <= slots, f"{pool} ran more than {slots} task(s) at once"
+    # Every GPU task waited for the GPU pool's one slot (the LLM pool is for remote LLM backends: unused here).
+    in_pool = [(t["start_date"], t["end_date"]) for t in tasks if t["pool"] == settings.pools.gpu]
+    assert {t["task_id"] for t in tasks if t["pool"] == settings.pools.gpu} == GPU_TASKS
+    assert len(in_pool) > settings.pools.gpu_slots, "too few GPU tasks to show a cap"
+    assert most_at_once(in_pool) <= settings.pools.gpu_slots, "the GPU pool ran more tasks at once than its slots"
 
     celery = outputs(settings.store_root)
     assert sorted(celery) == sorted(local)
     differing = sorted(key for key in local if celery[key] != local[key])
-    assert not differing, f"outputs differ between the Celery and the local run: {differing}"
+    assert not differing, f"outputs differ between the Celery and the LocalExecutor run: {differing}"
     assert any(key.endswith(".png") and key.startswith("creatives/") for key in local)
+
+    manifests = [key for key in celery if key.startswith(f"manifests/ds={DS}/") and key.endswith("manifest.parquet")]
+    rows = sum(len(pd.read_parquet(Path(settings.store_root) / key)) for key in manifests)
+    assert f"pmg published {DS}: {rows} rows (event said {rows})" in consumer_log, consumer_log[-3000:]
 
     # Nothing left behind: the cluster's metadata database is gone.
     assert not database_exists(cluster.database), f"database {cluster.database} still exists"
