@@ -2,14 +2,18 @@
 
 The same processes a cluster runs (docker/compose.yaml): Airflow's metadata in a PostgreSQL database made
 for the cluster and dropped after it, a Redis database as the Celery broker, the scheduler, the
-dag-processor, the api-server (the execution API the workers report to) and one Celery worker per queue,
-each named so the metadata database records which worker ran each task. Everything binds 127.0.0.1 on a
-free port, is started here and stopped by PID.
+dag-processor, the api-server (the execution API the workers report to), the triggerer (where a missed
+deadline's notifier runs) and one Celery worker per queue, each named so the metadata database records which
+worker ran each task. Everything binds 127.0.0.1 on a free port, is started here and stopped by PID.
+
+The scheduler creates runs the way production's does (an Asset event starts the DAGs scheduled on it), but
+pmg_nightly's own cron is off here (`watching.schedule` empty): it runs only the nights it is asked for.
 
     with LocalCeleryCluster(settings, workdir, {"default": 2, "gpu": 2}) as cluster:
         run_id = cluster.trigger(ds)
         state = cluster.wait(run_id)
         rows = cluster.task_instances(run_id)
+        consumer_runs = cluster.wait_for_runs("pmg_creatives_consumer")
 """
 
 from __future__ import annotations
@@ -119,17 +123,20 @@ class _Process:
 
 
 class LocalCeleryCluster:
-    """The cluster for one `settings`; `workers` maps each Celery queue to its worker's concurrency.
+    """The cluster for one `settings`; `workers` maps each Celery queue to its worker's concurrency, and
+    `worker_env` a queue to variables only its worker gets.
     `executor="LocalExecutor"` (and no workers) runs the same processes with the scheduler's own task
     processes instead of Celery's: the baseline the distributed run is measured against."""
 
     def __init__(self, settings: Settings, workdir: Path, workers: dict[str, int],
-                 executor: str = "CeleryExecutor"):
+                 executor: str = "CeleryExecutor", worker_env: dict[str, dict[str, str]] | None = None):
         if executor == "LocalExecutor" and workers:
             raise ValueError("the LocalExecutor runs tasks in the scheduler's own processes: give no workers")
         self.settings = settings
         self.workdir = Path(workdir)
         self.workers = workers
+        # Per queue, variables its worker gets on top of the cluster's (a worker deployed differently).
+        self.worker_env = worker_env or {}
         self.executor = executor
         self.database = f"pmg_cluster_{secrets.token_hex(4)}"
         self.processes: list[_Process] = []
@@ -165,11 +172,12 @@ class LocalCeleryCluster:
         self._spawn("api-server", "api-server", "--host", "127.0.0.1", "--port", str(api_port), "--workers", "1")
         self._spawn("scheduler", "scheduler")
         self._spawn("dag-processor", "dag-processor")
+        self._spawn("triggerer", "triggerer")
         for queue, concurrency in self.workers.items():
             self._spawn(
                 f"worker-{queue}", "celery", "worker", "--queues", queue, "--concurrency", str(concurrency),
                 "--celery-hostname", f"{queue}@pmg-local", "--skip-serve-logs",
-                extra_env={WORKER_NAME_VARIABLE: f"worker-{queue}"},
+                extra_env={**self.worker_env.get(queue, {}), WORKER_NAME_VARIABLE: f"worker-{queue}"},
             )
         self._wait_for(lambda: _http_ok(f"http://127.0.0.1:{api_port}/api/v2/monitor/health"), "api-server", 120)
         self._wait_for(self._dag_serialized, f"{DAG_ID} parsed by the dag-processor", 180)
@@ -208,27 +216,52 @@ class LocalCeleryCluster:
                       f"{logical_date_for(ds)}T00:00:00+00:00")
         return run_id
 
-    def wait(self, run_id: str, timeout_s: float = 900) -> str:
+    def wait(self, run_id: str, timeout_s: float = 900, dag_id: str = DAG_ID) -> str:
         """Wait for the run to finish; its final state."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            rows = self.query("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", (DAG_ID, run_id))
+            rows = self.query("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", (dag_id, run_id))
             if rows and rows[0][0] in FINISHED_RUN_STATES:
                 return rows[0][0]
             self._check_alive()
             time.sleep(2)
         raise ClusterError(f"run {run_id} did not finish within {timeout_s:.0f} s; logs in {self.workdir}")
 
-    def task_instances(self, run_id: str) -> list[dict]:
+    def wait_for_runs(self, dag_id: str, timeout_s: float = 300) -> list[dict]:
+        """Wait until `dag_id` has at least one run and all of its runs have finished (a DAG the scheduler
+        starts by itself, such as one scheduled on an Asset); each run's run_id, run_type and state."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = self.query("SELECT run_id, run_type, state FROM dag_run WHERE dag_id = %s ORDER BY id", (dag_id,))
+            if rows and all(state in FINISHED_RUN_STATES for _, _, state in rows):
+                return [{"run_id": r, "run_type": t, "state": state} for r, t, state in rows]
+            self._check_alive()
+            time.sleep(2)
+        raise ClusterError(f"{dag_id} had no finished run within {timeout_s:.0f} s; logs in {self.workdir}")
+
+    def task_instances(self, run_id: str, dag_id: str = DAG_ID) -> list[dict]:
         """Every task instance of the run: task_id, map_index, state, hostname (the worker), queue, pool,
         start and end (datetimes), duration (seconds)."""
         columns = ["task_id", "map_index", "state", "hostname", "queue", "pool", "start_date", "end_date",
                    "duration"]
         rows = self.query(
             f"SELECT {', '.join(columns)} FROM task_instance WHERE dag_id = %s AND run_id = %s "
-            "ORDER BY start_date", (DAG_ID, run_id),
+            "ORDER BY start_date", (dag_id, run_id),
         )
         return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    def task_log(self, dag_id: str, run_id: str, task_id: str, attempt: int = 1, map_index: int = -1) -> str:
+        """What a task instance's try wrote to its log (the workers share this machine's AIRFLOW_HOME)."""
+        folder = Path(self.env["AIRFLOW_HOME"]) / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+        log = folder / (f"map_index={map_index}" if map_index >= 0 else "") / f"attempt={attempt}.log"
+        if not log.exists():
+            raise ClusterError(f"no log of {dag_id}.{task_id}[{map_index}] try {attempt} in run {run_id}: {log}")
+        return log.read_text(errors="replace")
+
+    def process_logs(self, name: str) -> str:
+        """Everything a cluster process (scheduler, triggerer, worker-gpu, ...) wrote to its own log."""
+        (process,) = [p for p in self.processes if p.name == name]
+        return process.log.read_text(errors="replace")
 
     def run_window(self, run_id: str) -> tuple[dt.datetime, dt.datetime]:
         """When the run started and ended, as the scheduler recorded it."""
@@ -255,7 +288,8 @@ class LocalCeleryCluster:
 
     def _environment(self, api_port: int) -> dict[str, str]:
         database = f"postgresql+psycopg2://{self._user}@{POSTGRES[0]}:{POSTGRES[1]}/{self.database}"
-        env = {**os.environ, **self.settings.to_env()}
+        # Nothing starts on its own schedule: only the nights asked for, and what their Asset events start.
+        env = {**os.environ, **self.settings.to_env(), "PMG_WATCHING__SCHEDULE": ""}
         env.update({
             "AIRFLOW_HOME": str(self.workdir / "airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
@@ -271,8 +305,6 @@ class LocalCeleryCluster:
             "AIRFLOW__CELERY__BROKER_URL": f"redis://{REDIS[0]}:{REDIS[1]}/{self._redis_db}",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://{self._user}@{POSTGRES[0]}:{POSTGRES[1]}/{self.database}",
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": self.settings.pools.default_queue,
-            # Only the runs this cluster is asked for: the nightly cron must not start one of its own.
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
             # Every process signs and checks the workers' tokens with one key, made for this cluster.
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
             "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),

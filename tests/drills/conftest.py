@@ -191,4 +191,6 @@ def write_figures(figures: dict) -> None:
     """Where benchmarks/drills.py asked for the drills' figures (PMG_DRILLS_RESULTS), written as JSON."""
     target = os.environ.get("PMG_DRILLS_RESULTS")
     if target:
-        Path(target).write_text(json.dumps(figures, indent=2, sort_keys=True))
+        # Each drill module adds its own figures to what the modules before it wrote.
+        earlier = json.loads(Path(target).read_text()) if Path(target).exists() else {}
+        Path(target).write_text(json.dumps({**earlier, **figures}, indent=2, sort_keys=True))
