@@ -4,7 +4,7 @@
     .venv/bin/python -m benchmarks.scale_out --shards 16
 
 The same night twice, each on a fresh local cluster (pmg_tasks/local_cluster.py: PostgreSQL metadata, the
-scheduler, dag-processor and api-server, all on loopback): once with the LocalExecutor, once with the
+scheduler, dag-processor, api-server and triggerer, all on loopback): once with the LocalExecutor, once with the
 CeleryExecutor, a Redis broker and two workers (`default`, and `gpu` for the generate shards). One campaign
 with per-user personalization over `--shards` users, one target, one candidate, one diffusion step and one
 generation per shard, so the night is `--shards` generate tasks plus the fixed stages. With one GPU slot and
@@ -48,16 +48,19 @@ def night_settings(home: Path, models, shards: int):
                     "max_shards": 1024},
         keywords={"users_per_shard": 100_000}, token_embeddings={"steps_per_token": 0},
     )  # fmt: skip
-    seed_demo(settings, DS, users=max(shards + 8, 40), items=30, days=3, overwrite_campaigns=True)
+    seed_demo(settings, DS, users=max(2 * shards, 40), items=30, days=3, overwrite_campaigns=True)
     start, end = dt.date.fromisoformat(DS) - dt.timedelta(days=10), dt.date.fromisoformat(DS) + dt.timedelta(days=10)
     from pmg_tasks.warehouse import connect
 
     with connect(settings) as warehouse:
         item = warehouse.fetch_rows("SELECT item_id FROM items ORDER BY item_id LIMIT 1")[0][0]
-    Path(settings.campaigns_file).write_text(
-        "campaigns:\n"
-        f"  - {{campaign_id: one-per-user, start_date: {start}, end_date: {end}, target_items: [{item}],\n"
-        f"      personalization: user, audience: {{max_users: {shards}}}}}\n"
+    # The campaigns folder holds one file per campaign: only this one tonight.
+    folder = Path(settings.campaigns_file)
+    for other in folder.glob("*.yaml"):
+        other.unlink()
+    (folder / "one-per-user.yaml").write_text(
+        f"start_date: {start}\nend_date: {end}\ntarget_items: [{item}]\npersonalization: user\n"
+        f"audience: {{max_users: {shards}}}\n"
     )
     return settings
 
