@@ -26,7 +26,8 @@ def main() -> int:
         started = time.perf_counter()
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/drills", f"--junitxml={junit}"],
-            cwd=ROOT, env={**os.environ, "PMG_DRILLS_RESULTS": str(figures_file)},
+            # The drills are whole nights, which the default test run skips: ask for them.
+            cwd=ROOT, env={**os.environ, "PMG_DRILLS_RESULTS": str(figures_file), "PMG_TEST_NIGHTS": "1"},
         )  # fmt: skip
         seconds = time.perf_counter() - started
         figures = json.loads(figures_file.read_text()) if figures_file.exists() else {}

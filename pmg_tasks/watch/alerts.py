@@ -118,8 +118,10 @@ def deadline_alert(settings: Settings) -> list:
     off or there is no time to measure."""
     from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
+    if not settings.watching.deadline:
+        return []
     interval = finish_within(settings)
-    if not settings.watching.deadline or interval is None:
+    if interval is None:
         return []
 
     return [DeadlineAlert(
