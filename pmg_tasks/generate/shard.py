@@ -92,7 +92,7 @@ def generate_shard(settings: Settings, ds: str, shard_index: int) -> dict:
     )  # fmt: skip
     keys = {r.signature: request_key(r, audiences[r.signature], versions) for r in requests}
 
-    done = read_record(store, ds, shard_index, set(keys.values()))
+    done = with_stored_images(store, read_record(store, ds, shard_index, set(keys.values())), shard_index)
     pending = [r for r in requests if keys[r.signature] not in set(done["request_key"])]
     logger.info(
         "shard %d: %d requests for %d users, %d already recorded, %d to draw",
@@ -301,6 +301,22 @@ def read_record(store: ObjectStore, ds: str, shard_index: int, keys: set[str]) -
     rows = pd.concat(frames, ignore_index=True)
     rows = rows[rows["request_key"].isin(keys)]
     return rows.drop_duplicates(["request_key", "user_id", "rank"], keep="last").reset_index(drop=True)
+
+
+def with_stored_images(store: ObjectStore, done: pd.DataFrame, shard_index: int) -> pd.DataFrame:
+    """`done` without the requests one of whose images is no longer in the store (removed since it was
+    recorded, e.g. by a republish after its campaign was dropped): those are drawn again, so no manifest row
+    names a missing image. One listing per campaign folder the record names."""
+    named = done["image_key"].ne("")
+    if not named.any():
+        return done
+    folders = sorted({key.rsplit("/", 1)[0] + "/" for key in done.loc[named, "image_key"]})
+    stored = {key for folder in folders for key in store.list_keys(folder)}
+    lost = set(done.loc[named & ~done["image_key"].isin(stored), "request_key"])
+    if lost:
+        logger.warning("shard %d: %d recorded requests name images no longer in the store: drawing them again",
+                       shard_index, len(lost))  # fmt: skip
+    return done[~done["request_key"].isin(lost)].reset_index(drop=True)
 
 
 def result_table(rows: Iterable[dict] | pd.DataFrame) -> pa.Table:

@@ -199,6 +199,20 @@ def test_rerun_reads_the_record_and_draws_nothing(first_run, tmp_path):
     pd.testing.assert_frame_equal(result_of(rerun), result)
 
 
+def test_a_recorded_request_whose_image_is_gone_is_drawn_again(first_run, tmp_path):
+    """An image the record names was removed since (a republish without its campaign, a hand clean-up):
+    the rerun draws that request again, the others not, and every image the result names exists."""
+    settings, _, result = first_run
+    rerun = copy_of(settings, tmp_path)
+    store = open_store(rerun)
+    gone = result.loc[result["signature"] == "sig-sneakers", "image_key"].iloc[0]
+    Path(store.root, gone).unlink()
+    summary = generate_shard(rerun, DS, SHARD)
+    assert (summary["generated"], summary["skipped"]) == (1, 2)
+    assert store.exists(gone)
+    pd.testing.assert_frame_equal(result_of(rerun)[["creative_id", "image_key"]], result[["creative_id", "image_key"]])
+
+
 def test_a_retry_after_a_crash_resumes_from_the_record(first_run, tmp_path, monkeypatch):
     """The first attempt dies after recording one request; the retry draws only the other two, and the
     result is the one an uninterrupted shard writes."""
