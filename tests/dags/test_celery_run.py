@@ -1,11 +1,13 @@
 """pmg_nightly under the CeleryExecutor for real: Airflow's metadata in PostgreSQL, Redis as the broker, the
-scheduler, dag-processor, api-server and two Celery workers (the default queue and `gpu`) on loopback.
+scheduler, dag-processor, api-server, triggerer and two Celery workers (the default queue and `gpu`) on
+loopback.
 
 Same night, same settings, first under the LocalExecutor (the same cluster without Celery: the scheduler's
-own task processes), then under the CeleryExecutor: the GPU work (diffusion, token training, and the keyword and headline tasks, whose
-backend loads an LLM into the task: transformers with the test-size causal LM) ran on the GPU worker and
-nothing else did, the GPU pool held concurrency to its slot, every output is the same, byte for byte, and the
-publish task's Asset event started the example consumer DAG, which read the night's manifest."""
+own task processes), then under the CeleryExecutor. The GPU work (diffusion, token training, and the keyword
+and headline tasks, whose backend loads an LLM into the task: transformers with the test-size causal LM) ran
+on the GPU worker and nothing else did, the GPU pool held concurrency to its slot, every output is the same,
+byte for byte, and the publish task's Asset event started the example consumer DAG, which read the night's
+manifest."""
 
 from __future__ import annotations
 
@@ -148,5 +150,6 @@ def test_nightly_dag_on_celery_workers_matches_the_local_executor_run(tiny_night
     rows = sum(len(pd.read_parquet(Path(settings.store_root) / key)) for key in manifests)
     assert f"pmg published {DS}: {rows} rows (event said {rows})" in consumer_log, consumer_log[-3000:]
 
-    # Nothing left behind: the cluster's metadata database is gone.
-    assert not database_exists(cluster.database), f"database {cluster.database} still exists"
+    # Nothing left behind: both clusters' metadata databases are gone.
+    for database in (single.database, cluster.database):
+        assert not database_exists(database), f"database {database} still exists"
