@@ -138,25 +138,26 @@ def run_nightly_dag(
     conf_args = ("--conf", json.dumps(dict(conf))) if conf else ()
     try:
         _airflow(env, "dags", "test", dag_id, logical_date_for(ds), *conf_args, log_file=log_file)
-        exited = None
-    except NightlyRunError as error:  # a failed run: still say what Airflow recorded of it
-        exited = error
-    try:
-        recorded = _recorded_run(env, logical_date_for(ds), dag_id)
-    except NightlyRunError:
-        if exited is None:
-            raise
-        raise exited from None
-    run = NightlyRun(
-        ds=ds, log_file=log_file, run_id=recorded.get("run_id") or "", state=recorded.get("state") or "",
-        task_states=recorded.get("task_states") or {}, asset_events=recorded.get("asset_events") or [],
-    )
-    if exited is not None:
-        raise NightlyRunError(str(exited), run=run) from exited
+    except NightlyRunError as failed:
+        # A failed run still says what Airflow recorded of it, where it recorded anything.
+        try:
+            recorded = _recorded_run(env, logical_date_for(ds), dag_id)
+        except NightlyRunError:
+            raise failed from None
+        raise NightlyRunError(str(failed), run=_nightly_run(ds, log_file, recorded)) from failed
+    recorded = _recorded_run(env, logical_date_for(ds), dag_id)
+    run = _nightly_run(ds, log_file, recorded)
     problem = run_problem(run, recorded.get("start_date"), dag_id)
     if problem:
         raise NightlyRunError(f"{problem}; log: {log_file}\n{_tail(log_file)}", run=run)
     return run
+
+
+def _nightly_run(ds: str, log_file: Path, recorded: dict) -> NightlyRun:
+    return NightlyRun(
+        ds=ds, log_file=log_file, run_id=recorded.get("run_id") or "", state=recorded.get("state") or "",
+        task_states=recorded.get("task_states") or {}, asset_events=recorded.get("asset_events") or [],
+    )
 
 
 def run_problem(run: NightlyRun, dag_start_date: str | None, dag_id: str = DAG_ID) -> str:

@@ -433,7 +433,7 @@ class Settings(BaseSettings):
                     f"keywords.tensor_parallel_size={gpus} needs {gpus} GPUs in one task, but the GPU pool has "
                     f"{self.pools.gpu_slots} slots: raise PMG_POOLS__GPU_SLOTS or lower PMG_KEYWORDS__TENSOR_PARALLEL_SIZE"
                 )
-            return Placement(self.pools.gpu, self.pools.gpu_queue, max(1, self.pools.gpu_slots // gpus), gpus)
+            return Placement(self.pools.gpu, self.pools.gpu_queue, self.pools.gpu_slots // gpus, gpus)
         return Placement(self.pools.llm, self.pools.default_queue, self.pools.llm_slots)
 
     def to_env(self) -> dict[str, str]:
